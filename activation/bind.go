@@ -1,0 +1,280 @@
+package activation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Socket is a listening socket held by the bridge for its workers.
+//
+// The descriptor is a plain number, never an *os.File or a net.Listener: the
+// bridge never accepts on it, so it stays out of the Go runtime's poller and
+// nothing in the bridge ever changes its O_NONBLOCK flag, which is shared with
+// every worker holding the socket.
+type Socket struct {
+	Spec
+	// FD is the descriptor in this process. It is close-on-exec; workers get
+	// the socket through an explicit descriptor table (see Files).
+	FD int
+	// owned records the unix socket file this process created, so that Close
+	// removes that file and not one that replaced it since.
+	owned *fileID
+}
+
+type fileID struct{ dev, ino uint64 }
+
+// Options tunes how sockets are bound.
+type Options struct {
+	// Backlog is the listen(2) backlog; 0 means SOMAXCONN.
+	Backlog int
+	// PathMode is the permission of unix socket files; 0 means 0777, which
+	// is what 0.35 gives by binding with umask 0.
+	PathMode os.FileMode
+	// Warn receives warnings such as the removal of a stale socket file.
+	// Nil discards them.
+	Warn io.Writer
+}
+
+// Open binds every spec, in order, and assigns the descriptor each worker gets
+// it on (see AssignWorkerFDs). On error every socket already bound is closed
+// and its file removed, and the error names the spec that failed.
+func Open(specs []Spec, opts Options) ([]Socket, error) {
+	socks := make([]Socket, 0, len(specs))
+	for _, spec := range specs {
+		s, err := bind(spec, opts)
+		if err != nil {
+			CloseAll(socks)
+			return nil, err
+		}
+		socks = append(socks, s)
+	}
+	if err := AssignWorkerFDs(socks); err != nil {
+		CloseAll(socks)
+		return nil, err
+	}
+	return socks, nil
+}
+
+func bind(spec Spec, opts Options) (Socket, error) {
+	if spec.Network == Unix {
+		return bindUnix(spec, opts)
+	}
+	what := "bind " + spec.display()
+	family, sa, err := resolve(spec)
+	if err != nil {
+		return Socket{}, fmt.Errorf("%s: %w", what, err)
+	}
+	typ := unix.SOCK_STREAM
+	if spec.Network == UDP {
+		typ = unix.SOCK_DGRAM
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return Socket{}, fmt.Errorf("%s: socket: %w", what, err)
+	}
+	fail := func(step string, err error) (Socket, error) {
+		unix.Close(fd)
+		if step != "" {
+			return Socket{}, fmt.Errorf("%s: %s: %w", what, step, err)
+		}
+		return Socket{}, fmt.Errorf("%s: %w", what, err)
+	}
+	// SO_REUSEPORT is deliberately never set: with it, connections queued on
+	// a socket are dropped when that socket closes.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fail("SO_REUSEADDR", err)
+	}
+	if family == unix.AF_INET6 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+			return fail("IPV6_V6ONLY", err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return fail("", err)
+	}
+	if spec.Network == TCP {
+		if err := unix.Listen(fd, backlog(opts)); err != nil {
+			return fail("listen", err)
+		}
+	}
+	return Socket{Spec: spec, FD: fd}, nil
+}
+
+func backlog(opts Options) int {
+	if opts.Backlog > 0 {
+		return opts.Backlog
+	}
+	return unix.SOMAXCONN
+}
+
+// display is how errors name the spec: the key, with "udp " for UDP.
+func (s Spec) display() string {
+	if s.Network == UDP {
+		return "udp " + s.Key
+	}
+	return s.Key
+}
+
+func resolve(spec Spec) (int, unix.Sockaddr, error) {
+	if spec.IPv6 {
+		ip := net.ParseIP(spec.Host)
+		if ip == nil || ip.To4() != nil && !strings.Contains(spec.Host, ":") {
+			return 0, nil, fmt.Errorf("invalid IPv6 address %q", spec.Host)
+		}
+		sa := &unix.SockaddrInet6{Port: spec.Port}
+		copy(sa.Addr[:], ip.To16())
+		return unix.AF_INET6, sa, nil
+	}
+	sa := &unix.SockaddrInet4{Port: spec.Port}
+	if spec.Host != "" {
+		ip, err := lookupIPv4(spec.Host)
+		if err != nil {
+			return 0, nil, err
+		}
+		copy(sa.Addr[:], ip)
+	}
+	return unix.AF_INET, sa, nil
+}
+
+// lookupIPv4 resolves a host as 0.35's gethostbyname does: IPv4 only.
+func lookupIPv4(host string) (net.IP, error) {
+	if ip := net.ParseIP(host); ip != nil {
+		if ip4 := ip.To4(); ip4 != nil {
+			return ip4, nil
+		}
+		return nil, fmt.Errorf("%q is not an IPv4 address (write IPv6 addresses in brackets)", host)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupIP(ctx, "ip4", host)
+	if err != nil {
+		return nil, fmt.Errorf("resolve host %s: %w", host, err)
+	}
+	return ips[0].To4(), nil
+}
+
+func bindUnix(spec Spec, opts Options) (Socket, error) {
+	path := spec.Path
+	what := "listen on " + path
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode().Type() != os.ModeSocket {
+			return Socket{}, fmt.Errorf("%s: %s exists and is not a socket; not removing it", what, describeMode(st.Mode()))
+		}
+		if opts.Warn != nil {
+			fmt.Fprintf(opts.Warn, "removing existing socket file:%s\n", path)
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return Socket{}, fmt.Errorf("remove existing socket file %s: %w", path, err)
+		}
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return Socket{}, fmt.Errorf("%s: socket: %w", what, err)
+	}
+	mode := opts.PathMode & 0o777
+	if mode == 0 {
+		mode = 0o777
+	}
+	// The umask is process-wide, but nothing else in the bridge creates
+	// files while sockets are being bound.
+	old := unix.Umask(int(^mode & 0o777))
+	err = unix.Bind(fd, &unix.SockaddrUnix{Name: path})
+	unix.Umask(old)
+	if err != nil {
+		unix.Close(fd)
+		return Socket{}, fmt.Errorf("%s: %w", what, err)
+	}
+	sock := Socket{Spec: spec, FD: fd}
+	if id, err := statID(path); err == nil {
+		sock.owned = &id
+	}
+	if err := unix.Listen(fd, backlog(opts)); err != nil {
+		sock.Close()
+		return Socket{}, fmt.Errorf("%s: listen: %w", what, err)
+	}
+	return sock, nil
+}
+
+func describeMode(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m.IsRegular():
+		return "a regular file"
+	case m&os.ModeSymlink != 0:
+		return "a symbolic link"
+	default:
+		return "a file of type " + m.Type().String()
+	}
+}
+
+func statID(path string) (fileID, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return fileID{}, err
+	}
+	return fileID{uint64(st.Dev), st.Ino}, nil
+}
+
+// Close closes the descriptor and removes the unix socket file this process
+// created, unless another file has replaced it since.
+func (s *Socket) Close() error {
+	var errs []error
+	if s.FD >= 0 {
+		if err := unix.Close(s.FD); err != nil {
+			errs = append(errs, fmt.Errorf("close %s: %w", s.Key, err))
+		}
+		s.FD = -1
+	}
+	if s.owned != nil {
+		if id, err := statID(s.Path); err == nil && id == *s.owned {
+			if err := os.Remove(s.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		s.owned = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Disown makes Close leave the socket file in place: for a process that hands
+// its sockets to another and exits (the parent of a daemon).
+func (s *Socket) Disown() { s.owned = nil }
+
+// Adopt takes over a socket file bound by another process (the parent of a
+// daemon), so that Close removes it.
+func (s *Socket) Adopt() {
+	if s.Network != Unix {
+		return
+	}
+	if id, err := statID(s.Path); err == nil {
+		s.owned = &id
+	}
+}
+
+// CloseAll closes every socket; see Socket.Close.
+func CloseAll(socks []Socket) error {
+	var errs []error
+	for i := range socks {
+		errs = append(errs, socks[i].Close())
+	}
+	return errors.Join(errs...)
+}
+
+// SocketType reports SOCK_STREAM or SOCK_DGRAM for an open socket descriptor.
+func SocketType(fd int) (int, error) {
+	t, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return 0, fmt.Errorf("descriptor %d is not a socket: %w", fd, err)
+	}
+	return t, nil
+}

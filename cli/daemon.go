@@ -1,0 +1,145 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"syscall"
+
+	"github.com/ss-bridge/ss-bridge/activation"
+	"github.com/ss-bridge/ss-bridge/supervisor"
+	"golang.org/x/sys/unix"
+)
+
+// A Go process cannot fork, so --daemonize runs the fork-setsid-fork of 0.35
+// as two re-executions of this binary with the same arguments: the
+// foreground process starts an intermediate one in a new session, which starts
+// the daemon and exits, so that the daemon is no session leader and can never
+// acquire a controlling terminal. The sockets, the locked pid file and a pipe
+// to report readiness on are passed at fixed descriptors; the stage is
+// passed in the environment and removed before any worker sees it.
+const (
+	daemonStageEnv    = "SS_BRIDGE_DAEMON_STAGE"
+	daemonFDsEnv      = "SS_BRIDGE_DAEMON_FDS"
+	daemonPidFD       = 3
+	daemonReadyFD     = 4
+	daemonFirstSockFD = 5
+)
+
+// daemonize starts the daemon and returns once it has written its pid file
+// and started the first worker, or has failed to.
+func daemonize(o *Options, socks []activation.Socket, pid *pidFile) error {
+	null, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("daemonize: open %s: %w", os.DevNull, err)
+	}
+	defer unix.Close(null)
+	var ready [2]int
+	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
+		return fmt.Errorf("daemonize: pipe: %w", err)
+	}
+	defer unix.Close(ready[0])
+
+	files := []uintptr{uintptr(null), 1, 2, uintptr(null), uintptr(ready[1])}
+	if pid != nil {
+		files[daemonPidFD] = pid.f.Fd()
+	}
+	for _, s := range socks {
+		files = append(files, uintptr(s.FD))
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/proc/self/exe"
+	}
+	env := append(os.Environ(), daemonStageEnv+"=1", daemonFDsEnv+"="+strconv.Itoa(len(files)))
+	child, err := syscall.ForkExec(exe, os.Args, &syscall.ProcAttr{
+		Env:   env,
+		Files: files,
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	})
+	unix.Close(ready[1])
+	if err != nil {
+		return fmt.Errorf("daemonize: %w", err)
+	}
+	var ws unix.WaitStatus
+	unix.Wait4(child, &ws, 0, nil)
+
+	var buf [16]byte
+	n, _ := readFull(ready[0], buf[:])
+	if string(buf[:n]) != "ok" {
+		return fmt.Errorf("the daemon failed to start; see %s", o.LogFile)
+	}
+	return nil
+}
+
+func readFull(fd int, buf []byte) (int, error) {
+	total := 0
+	for total < len(buf) {
+		n, err := unix.Read(fd, buf[total:])
+		if err == unix.EINTR {
+			continue
+		}
+		if n <= 0 || err != nil {
+			return total, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// daemonIntermediate is the session leader between the foreground process and
+// the daemon: it starts the daemon with the descriptors it was given and exits.
+func daemonIntermediate() int {
+	n, err := strconv.Atoi(os.Getenv(daemonFDsEnv))
+	if err != nil || n < daemonFirstSockFD {
+		fmt.Fprintf(os.Stderr, "ss-bridge: bad %s\n", daemonFDsEnv)
+		return 1
+	}
+	files := make([]uintptr, n)
+	for i := range files {
+		files[i] = uintptr(i)
+	}
+	os.Setenv(daemonStageEnv, "2")
+	os.Unsetenv(daemonFDsEnv)
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/proc/self/exe"
+	}
+	if _, err := syscall.ForkExec(exe, os.Args, &syscall.ProcAttr{Env: os.Environ(), Files: files}); err != nil {
+		fmt.Fprintf(os.Stderr, "ss-bridge: daemonize: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// adoptSockets takes over, in the daemon, the sockets its foreground process
+// bound, in the order of specs.
+func adoptSockets(specs []activation.Spec) []activation.Socket {
+	socks := make([]activation.Socket, len(specs))
+	for i, spec := range specs {
+		fd := daemonFirstSockFD + i
+		unix.CloseOnExec(fd)
+		socks[i] = activation.Socket{Spec: spec, FD: fd}
+		socks[i].Adopt()
+	}
+	// The specs are valid: the foreground process assigned the same table.
+	activation.AssignWorkerFDs(socks)
+	return socks
+}
+
+// daemonReadyObserver tells the foreground process, once the first worker
+// has been started, that the daemon is up, and closes the other descriptors
+// inherited for the hand-over.
+func daemonReadyObserver() func(supervisor.Event) {
+	unix.CloseOnExec(daemonReadyFD)
+	unix.CloseOnExec(daemonPidFD)
+	told := false
+	return func(e supervisor.Event) {
+		if told || e.Kind != supervisor.Spawned {
+			return
+		}
+		told = true
+		unix.Write(daemonReadyFD, []byte("ok"))
+		unix.Close(daemonReadyFD)
+	}
+}

@@ -1,0 +1,178 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Options are start_server's options, plus ss-bridge's own.
+type Options struct {
+	Ports, Paths []string
+	PathMode     os.FileMode
+	Dir          string
+	Interval     time.Duration
+	SignalOnHUP  string
+	SignalOnTERM string
+	PidFile      string
+	StatusFile   string
+	EnvDir       string
+	LogFile      string
+	Backlog      int
+
+	Daemonize         bool
+	EnableAutoRestart bool
+	// Set only when given: 0.35 exports each given one to the environment,
+	// where the envdir may override it.
+	AutoRestartInterval *float64
+	KillOldDelay        *float64
+
+	KillTimeout time.Duration
+	MaxBackoff  time.Duration
+	Timeout     time.Duration
+
+	Restart, Stop, Help, Version bool
+
+	// Command is the worker's argv: what follows "--", and any non-option
+	// words before it (Getopt::Long permutes them, and so do we).
+	Command []string
+}
+
+type optKind int
+
+const (
+	flag optKind = iota
+	text
+	list
+	integer
+	seconds
+)
+
+type option struct {
+	name string
+	kind optKind
+	set  func(o *Options, v string) error
+}
+
+func secondsValue(v string) (time.Duration, error) {
+	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if err != nil || f < 0 || f > 1e9 {
+		return 0, fmt.Errorf("a number of seconds (0 or more) expected")
+	}
+	return time.Duration(f * float64(time.Second)), nil
+}
+
+func floatValue(v string) (*float64, error) {
+	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if err != nil || f < 0 {
+		return nil, fmt.Errorf("a number of seconds (0 or more) expected")
+	}
+	return &f, nil
+}
+
+var options = []option{
+	{"port", list, func(o *Options, v string) error { o.Ports = append(o.Ports, v); return nil }},
+	{"path", list, func(o *Options, v string) error { o.Paths = append(o.Paths, v); return nil }},
+	{"path-mode", text, func(o *Options, v string) error {
+		m, err := strconv.ParseUint(v, 8, 32)
+		if err != nil || m > 0o777 || m == 0 {
+			return fmt.Errorf("an octal mode from 1 to 0777 expected")
+		}
+		o.PathMode = os.FileMode(m)
+		return nil
+	}},
+	{"dir", text, func(o *Options, v string) error { o.Dir = v; return nil }},
+	{"interval", seconds, func(o *Options, v string) (err error) { o.Interval, err = secondsValue(v); return }},
+	{"signal-on-hup", text, func(o *Options, v string) error { o.SignalOnHUP = v; return nil }},
+	{"signal-on-term", text, func(o *Options, v string) error { o.SignalOnTERM = v; return nil }},
+	{"pid-file", text, func(o *Options, v string) error { o.PidFile = v; return nil }},
+	{"status-file", text, func(o *Options, v string) error { o.StatusFile = v; return nil }},
+	{"envdir", text, func(o *Options, v string) error { o.EnvDir = v; return nil }},
+	{"log-file", text, func(o *Options, v string) error { o.LogFile = v; return nil }},
+	{"backlog", integer, func(o *Options, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 {
+			return fmt.Errorf("a positive whole number expected")
+		}
+		o.Backlog = n
+		return nil
+	}},
+	{"daemonize", flag, func(o *Options, _ string) error { o.Daemonize = true; return nil }},
+	{"enable-auto-restart", flag, func(o *Options, _ string) error { o.EnableAutoRestart = true; return nil }},
+	{"auto-restart-interval", seconds, func(o *Options, v string) (err error) { o.AutoRestartInterval, err = floatValue(v); return }},
+	{"kill-old-delay", seconds, func(o *Options, v string) (err error) { o.KillOldDelay, err = floatValue(v); return }},
+	{"kill-timeout", seconds, func(o *Options, v string) (err error) { o.KillTimeout, err = secondsValue(v); return }},
+	{"max-backoff", seconds, func(o *Options, v string) (err error) { o.MaxBackoff, err = secondsValue(v); return }},
+	{"timeout", seconds, func(o *Options, v string) (err error) { o.Timeout, err = secondsValue(v); return }},
+	{"restart", flag, func(o *Options, _ string) error { o.Restart = true; return nil }},
+	{"stop", flag, func(o *Options, _ string) error { o.Stop = true; return nil }},
+	{"help", flag, func(o *Options, _ string) error { o.Help = true; return nil }},
+	{"version", flag, func(o *Options, _ string) error { o.Version = true; return nil }},
+}
+
+// lookup finds an option as Getopt::Long does: case-insensitively, by its
+// full name or by a prefix that names only one option.
+func lookup(name string) (*option, error) {
+	name = strings.ToLower(name)
+	var matches []*option
+	for i := range options {
+		if options[i].name == name {
+			return &options[i], nil
+		}
+		if strings.HasPrefix(options[i].name, name) {
+			matches = append(matches, &options[i])
+		}
+	}
+	switch len(matches) {
+	case 0:
+		return nil, fmt.Errorf("unknown option: %s", name)
+	case 1:
+		return matches[0], nil
+	}
+	names := make([]string, len(matches))
+	for i, m := range matches {
+		names[i] = m.name
+	}
+	sort.Strings(names)
+	return nil, fmt.Errorf("option %s is ambiguous (%s)", name, strings.Join(names, ", "))
+}
+
+// Parse reads start_server's command line (without the program name).
+func Parse(args []string) (*Options, error) {
+	o := &Options{Interval: time.Second}
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			o.Command = append(o.Command, args[i+1:]...)
+			break
+		}
+		if len(arg) < 2 || arg[0] != '-' {
+			o.Command = append(o.Command, arg)
+			continue
+		}
+		name := strings.TrimPrefix(strings.TrimPrefix(arg, "-"), "-")
+		name, value, hasValue := strings.Cut(name, "=")
+		opt, err := lookup(name)
+		if err != nil {
+			return nil, err
+		}
+		if opt.kind == flag {
+			if hasValue {
+				return nil, fmt.Errorf("option --%s does not take an argument", opt.name)
+			}
+		} else if !hasValue {
+			if i+1 >= len(args) {
+				return nil, fmt.Errorf("option --%s requires an argument", opt.name)
+			}
+			i++
+			value = args[i]
+		}
+		if err := opt.set(o, value); err != nil {
+			return nil, fmt.Errorf("value %q invalid for option --%s: %w", value, opt.name, err)
+		}
+	}
+	return o, nil
+}

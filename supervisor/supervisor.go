@@ -1,0 +1,567 @@
+// Package supervisor runs generations of a worker command and replaces them on request without dropping a connection.
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Config says what to run and how to replace it. The zero value of every
+// duration is 0.35's default behaviour except MaxBackoff (see there).
+type Config struct {
+	// Command is the worker's argv. Command[0] is looked up in the worker
+	// environment's PATH at every start, so a new binary is picked up.
+	Command []string
+	// Dir is the directory the worker starts in ("" for ours).
+	Dir string
+	// Env is the workers' base environment. Before every start the files of
+	// the directory named by its ENVDIR are laid over it, and
+	// SERVER_STARTER_PORT and SERVER_STARTER_GENERATION are set.
+	// ENABLE_AUTO_RESTART, AUTO_RESTART_INTERVAL and KILL_OLD_DELAY are read
+	// from the same overlay whenever they are needed, as 0.35 does.
+	Env []string
+	// PortEnv is the value of SERVER_STARTER_PORT.
+	PortEnv string
+	// Files is the workers' descriptor table (see syscall.ProcAttr.Files).
+	Files []uintptr
+	// Interval is how long a new worker must stay alive to count as started.
+	Interval time.Duration
+	// SignalOnHUP goes to the old generation once a new one has started;
+	// SignalOnTERM to every generation when the supervisor receives TERM.
+	SignalOnHUP, SignalOnTERM syscall.Signal
+	// KillTimeout, when positive, is how long a signalled worker may take to
+	// exit before it gets SIGKILL.
+	KillTimeout time.Duration
+	// MaxBackoff caps the delay between failed starts; 0 means one minute.
+	MaxBackoff time.Duration
+	// StatusFile, when set, is kept listing "GEN:PID" of every live
+	// generation, and removed when Run returns if Run created it.
+	StatusFile string
+	// Log receives 0.35's log lines; nil means os.Stderr.
+	Log io.Writer
+	// Observer, when set, is told of every change of generation. It is
+	// called from the supervisor's goroutine and must not block.
+	Observer func(Event)
+}
+
+// EventKind names a change in the supervisor's generations.
+type EventKind int
+
+const (
+	// Spawned: a new generation's worker was started (Generation, PID).
+	Spawned EventKind = iota
+	// Started: the new generation counts as started and now serves.
+	Started
+	// StartFailed: a new generation exited before it counted as started, or
+	// could not be executed (PID 0); it will be retried.
+	StartFailed
+	// Reloading: a restart was requested (HUP or auto-restart).
+	Reloading
+	// Reloaded: the old generations of a restart have been signalled.
+	Reloaded
+	// Exited: a worker exited (Generation, PID, Status).
+	Exited
+	// Stopping: the supervisor received TERM or INT and is stopping.
+	Stopping
+)
+
+// Event is a change in the supervisor's generations.
+type Event struct {
+	Kind       EventKind
+	Generation int
+	PID        int
+	Status     syscall.WaitStatus
+	// Err says why a start failed, when Kind is StartFailed.
+	Err error
+}
+
+type worker struct {
+	pid, gen int
+	started  time.Time
+	// killAt is when the worker gets SIGKILL, once signalled with a
+	// KillTimeout; zero otherwise.
+	killAt time.Time
+}
+
+// Supervisor runs the generations. Its state is owned by the goroutine in Run.
+type Supervisor struct {
+	cfg  Config
+	sys  sys
+	log  io.Writer
+	base environment
+
+	generation int                 // SERVER_STARTER_GENERATION of the last start attempt
+	current    *worker             // the serving generation
+	starting   *worker             // a new generation not yet counted as started
+	old        map[int]*worker     // older generations, by pid, still alive
+	readyAt    time.Time           // when starting counts as started
+	retryAt    time.Time           // when to try starting again after a failure
+	failures   int                 // failed starts in a row, for the backoff
+	restarting bool                // the start in progress replaces current
+	killOldAt  time.Time           // when to signal old (kill-old-delay)
+	hupPending bool                // a HUP arrived during a restart
+	stopping   bool                // TERM or INT received
+	lastStart  time.Time           // when a generation last counted as started
+	autoAt     time.Time           // next auto-restart check
+	statusMade bool                // we created the status file
+	now        func() time.Time    // for tests
+	lastStatus map[int]int         // what the status file says
+	newTimer   func() *time.Timer  // for tests
+	onWake     func(s *Supervisor) // for tests: after every event
+}
+
+// New returns a supervisor for cfg. It checks the configuration; it starts
+// nothing until Run.
+func New(cfg Config) (*Supervisor, error) {
+	if len(cfg.Command) == 0 || cfg.Command[0] == "" {
+		return nil, errors.New("no worker command given")
+	}
+	if cfg.SignalOnHUP == 0 {
+		cfg.SignalOnHUP = syscall.SIGTERM
+	}
+	if cfg.SignalOnTERM == 0 {
+		cfg.SignalOnTERM = syscall.SIGTERM
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = time.Minute
+	}
+	s := &Supervisor{
+		cfg:  cfg,
+		sys:  realSys,
+		log:  cfg.Log,
+		base: newEnvironment(cfg.Env),
+		old:  map[int]*worker{},
+		now:  time.Now,
+	}
+	if s.log == nil {
+		s.log = os.Stderr
+	}
+	if cfg.Dir != "" {
+		if st, err := os.Stat(cfg.Dir); err != nil {
+			return nil, fmt.Errorf("worker directory: %w", err)
+		} else if !st.IsDir() {
+			return nil, fmt.Errorf("worker directory %s is not a directory", cfg.Dir)
+		}
+	}
+	if err := s.checkCommand(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkCommand fails when the worker command cannot be executed now, so that
+// a typo is an error at start-up rather than a worker failing to start.
+func (s *Supervisor) checkCommand() error {
+	name := s.cfg.Command[0]
+	path, err := withEnvDir(s.base).lookPath(name)
+	if err != nil {
+		return fmt.Errorf("server program %s: %w", name, unwrapPathError(err))
+	}
+	if !filepath.IsAbs(path) && s.cfg.Dir != "" {
+		path = filepath.Join(s.cfg.Dir, path)
+	}
+	st, err := os.Stat(path)
+	switch {
+	case err != nil:
+		return fmt.Errorf("server program %s: %w", name, unwrapPathError(err))
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("server program %s is not a regular file", name)
+	case unix.Access(path, unix.X_OK) != nil || st.Mode()&0o111 == 0:
+		return fmt.Errorf("server program %s is not executable", name)
+	}
+	return nil
+}
+
+// Run starts the first generation and supervises until a TERM or INT arrives
+// on signals and every generation has exited. It acts on SIGHUP, SIGTERM,
+// SIGINT and SIGCHLD from signals and ignores the others; the caller routes
+// the process's signals there (signal.Notify). Run returns an error only when
+// the first worker cannot be executed at all; later failures are retried.
+// The status file, if Run created it, is removed before Run returns.
+func (s *Supervisor) Run(signals <-chan os.Signal) error {
+	defer s.removeStatusFile()
+	if err := s.spawn(); err != nil {
+		return err
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for !s.done() {
+		s.scheduleAutoRestart()
+		if next, ok := s.nextDeadline(); ok {
+			timer.Reset(max(next.Sub(s.now()), 0))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case sig := <-signals:
+			s.handleSignal(sig)
+		case <-timer.C:
+		}
+		s.runDeadlines()
+		if s.onWake != nil {
+			s.onWake(s)
+		}
+	}
+	s.logf("exiting")
+	return nil
+}
+
+func (s *Supervisor) done() bool {
+	return s.stopping && s.current == nil && s.starting == nil && len(s.old) == 0
+}
+
+func (s *Supervisor) handleSignal(sig os.Signal) {
+	switch sig {
+	case syscall.SIGCHLD:
+		for {
+			pid, status, ok := s.sys.reap()
+			if !ok {
+				return
+			}
+			s.exited(pid, status)
+		}
+	case syscall.SIGHUP:
+		s.hup()
+	case syscall.SIGTERM:
+		s.stop("TERM", s.cfg.SignalOnTERM)
+	case syscall.SIGINT:
+		s.stop("INT", syscall.SIGTERM)
+	}
+}
+
+func (s *Supervisor) hup() {
+	switch {
+	case s.stopping:
+	case s.starting != nil || !s.killOldAt.IsZero():
+		// One more restart follows the one in progress, however many HUPs
+		// arrive meanwhile: the new worker then serves what they asked for.
+		s.hupPending = true
+	case !s.retryAt.IsZero():
+		// Waiting to retry a failed start: retry now; the operator may have
+		// fixed what failed.
+		s.logf("received HUP, spawning a new worker")
+		s.observe(Event{Kind: Reloading})
+		s.failures = 0
+		s.retryAt = time.Time{}
+		s.spawn()
+	default:
+		s.logf("received HUP, spawning a new worker")
+		s.restart()
+	}
+}
+
+// restart moves the serving generation to the old ones and starts a new one.
+func (s *Supervisor) restart() {
+	s.observe(Event{Kind: Reloading})
+	if s.current != nil {
+		s.old[s.current.pid] = s.current
+		s.current = nil
+	}
+	s.restarting = true
+	s.failures = 0
+	s.autoAt = time.Time{}
+	s.spawn()
+}
+
+// spawn starts the next generation's worker. An exec failure counts as a
+// failed start, except for the very first, which is returned.
+func (s *Supervisor) spawn() error {
+	s.retryAt = time.Time{}
+	env := withEnvDir(s.base)
+	s.generation++
+	env["SERVER_STARTER_PORT"] = s.cfg.PortEnv
+	env["SERVER_STARTER_GENERATION"] = strconv.Itoa(s.generation)
+	started := s.now()
+	path, err := env.lookPath(s.cfg.Command[0])
+	var pid int
+	if err == nil {
+		pid, err = s.sys.spawn(path, s.cfg.Command, &syscall.ProcAttr{
+			Dir:   s.cfg.Dir,
+			Env:   env.list(),
+			Files: s.cfg.Files,
+		})
+	}
+	if err != nil {
+		err = fmt.Errorf("failed to exec %s: %w", s.cfg.Command[0], unwrapPathError(err))
+		if s.generation == 1 {
+			return err
+		}
+		s.logf("%v", err)
+		s.observe(Event{Kind: StartFailed, Generation: s.generation, Err: err})
+		s.failed(started)
+		return nil
+	}
+	s.logf("starting new worker %d", pid)
+	s.starting = &worker{pid: pid, gen: s.generation, started: started}
+	s.readyAt = started.Add(s.cfg.Interval)
+	s.observe(Event{Kind: Spawned, Generation: s.generation, PID: pid})
+	return nil
+}
+
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// failed schedules the next start after a failed one, with exponential
+// backoff from max(interval, 100ms) up to MaxBackoff. The first retry comes
+// one interval after the failed start, as in 0.35.
+func (s *Supervisor) failed(startedAt time.Time) {
+	s.failures++
+	delay := max(s.cfg.Interval, 100*time.Millisecond)
+	for i := 1; i < s.failures && delay < s.cfg.MaxBackoff; i++ {
+		delay *= 2
+	}
+	delay = min(delay, s.cfg.MaxBackoff)
+	s.retryAt = startedAt.Add(delay)
+	if delay > s.cfg.Interval && s.failures > 1 {
+		s.logf("%d failed starts in a row, next attempt in %ss", s.failures, formatSeconds(delay))
+	}
+}
+
+// started makes the starting worker the serving generation.
+func (s *Supervisor) started() {
+	w := s.starting
+	s.starting = nil
+	s.readyAt = time.Time{}
+	s.current = w
+	s.lastStart = s.now()
+	s.updateStatus()
+	s.observe(Event{Kind: Started, Generation: w.gen, PID: w.pid})
+	if !s.restarting {
+		s.afterRestart()
+		return
+	}
+	s.restarting = false
+	s.logf("new worker is now running, sending %s to old workers:%s", signalName(s.cfg.SignalOnHUP), pidList(s.old, "none"))
+	if delay := withEnvDir(s.base).killOldDelay(); delay > 0 {
+		s.logf("sleeping %s secs before killing old workers", formatSeconds(delay))
+		s.killOldAt = s.now().Add(delay)
+		return
+	}
+	s.killOld()
+}
+
+func (s *Supervisor) killOld() {
+	s.killOldAt = time.Time{}
+	s.logf("killing old workers")
+	s.signalAll(s.old, s.cfg.SignalOnHUP)
+	if s.current != nil {
+		s.observe(Event{Kind: Reloaded, Generation: s.current.gen, PID: s.current.pid})
+	}
+	s.afterRestart()
+}
+
+// afterRestart starts the restart that a HUP asked for during the last one.
+func (s *Supervisor) afterRestart() {
+	if s.hupPending && !s.stopping {
+		s.hupPending = false
+		s.logf("received HUP, spawning a new worker")
+		s.restart()
+	}
+}
+
+func (s *Supervisor) exited(pid int, status syscall.WaitStatus) {
+	switch {
+	case s.starting != nil && pid == s.starting.pid:
+		w := s.starting
+		s.starting = nil
+		s.readyAt = time.Time{}
+		s.observe(Event{Kind: StartFailed, Generation: w.gen, PID: pid, Status: status})
+		if s.stopping {
+			s.logf("worker %d died, status:%d", pid, status)
+			return
+		}
+		s.logf("new worker %d seems to have failed to start, exit status:%d", pid, status)
+		s.failed(w.started)
+	case s.current != nil && pid == s.current.pid:
+		w := s.current
+		s.current = nil
+		s.updateStatus()
+		s.observe(Event{Kind: Exited, Generation: w.gen, PID: pid, Status: status})
+		s.logf("worker %d died unexpectedly with status:%d, restarting", pid, status)
+		// A worker that dies soon after it started is failing to start, and
+		// is retried with backoff; one that ran a while is restarted at once.
+		if s.now().Sub(w.started) < s.cfg.Interval+time.Second {
+			s.failed(w.started)
+		} else {
+			s.failures = 0
+			s.spawn()
+		}
+	case s.old[pid] != nil:
+		w := s.old[pid]
+		delete(s.old, pid)
+		s.updateStatus()
+		s.observe(Event{Kind: Exited, Generation: w.gen, PID: pid, Status: status})
+		if s.stopping {
+			s.logf("worker %d died, status:%d", pid, status)
+		} else {
+			s.logf("old worker %d died, status:%d", pid, status)
+		}
+	}
+	// Other children (a log pipe's command) are only reaped.
+}
+
+func (s *Supervisor) stop(name string, sig syscall.Signal) {
+	if s.stopping {
+		return
+	}
+	s.stopping = true
+	s.observe(Event{Kind: Stopping})
+	for _, w := range []*worker{s.current, s.starting} {
+		if w != nil {
+			s.old[w.pid] = w
+		}
+	}
+	s.current, s.starting = nil, nil
+	s.readyAt, s.retryAt, s.killOldAt, s.autoAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	s.logf("received %s, sending %s to all workers:%s", name, signalName(sig), pidList(s.old, ""))
+	s.signalAll(s.old, sig)
+}
+
+func (s *Supervisor) signalAll(workers map[int]*worker, sig syscall.Signal) {
+	for _, pid := range sortedPIDs(workers) {
+		if err := s.sys.kill(pid, sig); err != nil {
+			s.logf("failed to send %s to worker %d: %v", signalName(sig), pid, err)
+		}
+		if s.cfg.KillTimeout > 0 && workers[pid].killAt.IsZero() {
+			workers[pid].killAt = s.now().Add(s.cfg.KillTimeout)
+		}
+	}
+}
+
+// scheduleAutoRestart arms the auto-restart check, as 0.35 does: a restart
+// is due AUTO_RESTART_INTERVAL after the last start once no old generation is
+// left, or after twice that in any case.
+func (s *Supervisor) scheduleAutoRestart() {
+	s.autoAt = time.Time{}
+	if s.stopping || s.current == nil || s.starting != nil || !s.retryAt.IsZero() || !s.killOldAt.IsZero() {
+		return
+	}
+	on, interval := withEnvDir(s.base).autoRestart()
+	if !on {
+		return
+	}
+	if len(s.old) == 0 {
+		s.autoAt = s.lastStart.Add(interval)
+	} else {
+		s.autoAt = s.lastStart.Add(2 * interval)
+	}
+}
+
+func (s *Supervisor) nextDeadline() (time.Time, bool) {
+	var next time.Time
+	consider := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	consider(s.readyAt)
+	consider(s.retryAt)
+	consider(s.killOldAt)
+	consider(s.autoAt)
+	for _, w := range s.old {
+		consider(w.killAt)
+	}
+	return next, !next.IsZero()
+}
+
+func (s *Supervisor) runDeadlines() {
+	// The signal just handled may have changed what is due.
+	s.scheduleAutoRestart()
+	now := s.now()
+	due := func(t time.Time) bool { return !t.IsZero() && !now.Before(t) }
+	for _, pid := range sortedPIDs(s.old) {
+		if w := s.old[pid]; due(w.killAt) {
+			w.killAt = time.Time{}
+			s.logf("worker %d did not exit within %ss of its signal, sending KILL", pid, formatSeconds(s.cfg.KillTimeout))
+			s.sys.kill(pid, syscall.SIGKILL)
+		}
+	}
+	if s.starting != nil && due(s.readyAt) {
+		s.started()
+	}
+	if due(s.retryAt) && !s.stopping {
+		s.spawn()
+	}
+	if due(s.killOldAt) {
+		s.killOld()
+	}
+	if due(s.autoAt) {
+		_, interval := withEnvDir(s.base).autoRestart()
+		if len(s.old) == 0 {
+			s.logf("autorestart triggered (interval=%s)", formatSeconds(interval))
+		} else {
+			s.logf("autorestart triggered (forced, interval=%s)", formatSeconds(interval))
+		}
+		s.restart()
+	}
+}
+
+func (s *Supervisor) updateStatus() {
+	if s.cfg.StatusFile == "" {
+		return
+	}
+	genPID := map[int]int{}
+	if s.current != nil {
+		genPID[s.current.gen] = s.current.pid
+	}
+	for _, w := range s.old {
+		genPID[w.gen] = w.pid
+	}
+	if err := writeStatusFile(s.cfg.StatusFile, genPID); err != nil {
+		s.logf("failed to update the status file: %v", err)
+		return
+	}
+	s.statusMade = true
+}
+
+func (s *Supervisor) removeStatusFile() {
+	if s.statusMade {
+		os.Remove(s.cfg.StatusFile)
+	}
+}
+
+func (s *Supervisor) observe(e Event) {
+	if s.cfg.Observer != nil {
+		s.cfg.Observer(e)
+	}
+}
+
+func (s *Supervisor) logf(format string, args ...any) {
+	fmt.Fprintf(s.log, format+"\n", args...)
+}
+
+func sortedPIDs(workers map[int]*worker) []int {
+	pids := make([]int, 0, len(workers))
+	for pid := range workers {
+		pids = append(pids, pid)
+	}
+	sort.Ints(pids)
+	return pids
+}
+
+func pidList(workers map[int]*worker, empty string) string {
+	pids := sortedPIDs(workers)
+	if len(pids) == 0 {
+		return empty
+	}
+	s := make([]string, len(pids))
+	for i, pid := range pids {
+		s[i] = strconv.Itoa(pid)
+	}
+	return strings.Join(s, ",")
+}
