@@ -85,7 +85,7 @@ func ParsePort(value string) (Spec, error) {
 		return bad("unbalanced '[' ']' around the IPv6 address")
 	}
 	host := strings.TrimSpace(strings.TrimSuffix(strings.TrimPrefix(hostPart, "["), "]"))
-	if host == "" || strings.ContainsAny(host, "[] \t") {
+	if !validHost(host) {
 		return bad("malformed host")
 	}
 	spec.Host = host
@@ -127,4 +127,22 @@ func parseUint(s string) (int, error) {
 		return 0, err
 	}
 	return n, nil
+}
+
+// validHost accepts the characters of host names and IPv4 and IPv6 addresses
+// (with a zone): anything else could not resolve, and ';' or '=' would
+// corrupt SERVER_STARTER_PORT.
+func validHost(host string) bool {
+	if host == "" {
+		return false
+	}
+	for _, c := range host {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.ContainsRune(".-_:%", c):
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -88,6 +88,9 @@ type Event struct {
 type worker struct {
 	pid, gen int
 	started  time.Time
+	// sent is the last signal the worker was told to go with. The same
+	// signal twice makes many servers abandon their drain, so nobody gets it.
+	sent syscall.Signal
 	// killAt is when the worker gets SIGKILL, once signalled with a
 	// KillTimeout; zero otherwise.
 	killAt time.Time
@@ -206,6 +209,16 @@ func (s *Supervisor) Run(signals <-chan os.Signal) error {
 		case sig := <-signals:
 			s.handleSignal(sig)
 		case <-timer.C:
+		}
+		// A child's exit or a TERM that is already pending comes before any
+		// deadline: a worker that has died must not count as started.
+		for pending := true; pending; {
+			select {
+			case sig := <-signals:
+				s.handleSignal(sig)
+			default:
+				pending = false
+			}
 		}
 		s.runDeadlines()
 		if s.onWake != nil {
@@ -346,7 +359,7 @@ func (s *Supervisor) started() {
 		return
 	}
 	s.restarting = false
-	s.logf("new worker is now running, sending %s to old workers:%s", signalName(s.cfg.SignalOnHUP), pidList(s.old, "none"))
+	s.logf("new worker is now running, sending %s to old workers:%s", signalName(s.cfg.SignalOnHUP), pidList(notSent(s.old, s.cfg.SignalOnHUP), "none"))
 	if delay := withEnvDir(s.base).killOldDelay(); delay > 0 {
 		s.logf("sleeping %s secs before killing old workers", formatSeconds(delay))
 		s.killOldAt = s.now().Add(delay)
@@ -358,7 +371,7 @@ func (s *Supervisor) started() {
 func (s *Supervisor) killOld() {
 	s.killOldAt = time.Time{}
 	s.logf("killing old workers")
-	s.signalAll(s.old, s.cfg.SignalOnHUP)
+	s.signalAll(notSent(s.old, s.cfg.SignalOnHUP), s.cfg.SignalOnHUP)
 	if s.current != nil {
 		s.observe(Event{Kind: Reloaded, Generation: s.current.gen, PID: s.current.pid})
 	}
@@ -429,7 +442,7 @@ func (s *Supervisor) stop(name string, sig syscall.Signal) {
 	s.current, s.starting = nil, nil
 	s.readyAt, s.retryAt, s.killOldAt, s.autoAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	s.logf("received %s, sending %s to all workers:%s", name, signalName(sig), pidList(s.old, ""))
-	s.signalAll(s.old, sig)
+	s.signalAll(notSent(s.old, sig), sig)
 }
 
 func (s *Supervisor) signalAll(workers map[int]*worker, sig syscall.Signal) {
@@ -437,6 +450,7 @@ func (s *Supervisor) signalAll(workers map[int]*worker, sig syscall.Signal) {
 		if err := s.sys.kill(pid, sig); err != nil {
 			s.logf("failed to send %s to worker %d: %v", signalName(sig), pid, err)
 		}
+		workers[pid].sent = sig
 		if s.cfg.KillTimeout > 0 && workers[pid].killAt.IsZero() {
 			workers[pid].killAt = s.now().Add(s.cfg.KillTimeout)
 		}
@@ -543,6 +557,17 @@ func (s *Supervisor) observe(e Event) {
 
 func (s *Supervisor) logf(format string, args ...any) {
 	fmt.Fprintf(s.log, format+"\n", args...)
+}
+
+// notSent returns the workers that have not been sent sig yet.
+func notSent(workers map[int]*worker, sig syscall.Signal) map[int]*worker {
+	out := map[int]*worker{}
+	for pid, w := range workers {
+		if w.sent != sig {
+			out[pid] = w
+		}
+	}
+	return out
 }
 
 func sortedPIDs(workers map[int]*worker) []int {

@@ -1,0 +1,392 @@
+package supervisor
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fakeOS stands in for the kernel: spawned workers are pids that live until
+// the test makes them exit; signals are recorded, never delivered.
+type fakeOS struct {
+	mu      sync.Mutex
+	nextPID int
+	spawns  []spawnRecord
+	kills   []killRecord
+	exits   []exitRecord
+	alive   map[int]bool
+	// dieOnStart, when set, makes every spawned worker exit at once.
+	dieOnStart bool
+	signals    chan os.Signal
+}
+
+type spawnRecord struct {
+	pid int
+	at  time.Time
+	env []string
+}
+
+type killRecord struct {
+	pid int
+	sig syscall.Signal
+	at  time.Time
+}
+
+type exitRecord struct {
+	pid    int
+	status syscall.WaitStatus
+}
+
+func newFakeOS() *fakeOS {
+	return &fakeOS{nextPID: 100, alive: map[int]bool{}, signals: make(chan os.Signal, 64)}
+}
+
+func (f *fakeOS) sys() sys {
+	return sys{
+		spawn: func(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.nextPID++
+			pid := f.nextPID
+			f.spawns = append(f.spawns, spawnRecord{pid, time.Now(), attr.Env})
+			f.alive[pid] = true
+			if f.dieOnStart {
+				f.exitLocked(pid, 3<<8)
+			}
+			return pid, nil
+		},
+		kill: func(pid int, sig syscall.Signal) error {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.kills = append(f.kills, killRecord{pid, sig, time.Now()})
+			return nil
+		},
+		reap: func() (int, syscall.WaitStatus, bool) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if len(f.exits) == 0 {
+				return 0, 0, false
+			}
+			e := f.exits[0]
+			f.exits = f.exits[1:]
+			return e.pid, e.status, true
+		},
+	}
+}
+
+// exit makes a worker exit and tells the supervisor with SIGCHLD.
+func (f *fakeOS) exit(pid int, status syscall.WaitStatus) {
+	f.mu.Lock()
+	f.exitLocked(pid, status)
+	f.mu.Unlock()
+}
+
+func (f *fakeOS) exitLocked(pid int, status syscall.WaitStatus) {
+	if !f.alive[pid] {
+		return
+	}
+	delete(f.alive, pid)
+	f.exits = append(f.exits, exitRecord{pid, status})
+	f.signals <- syscall.SIGCHLD
+}
+
+func (f *fakeOS) spawned() []spawnRecord {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]spawnRecord(nil), f.spawns...)
+}
+
+func (f *fakeOS) killsOf(pid int) []killRecord {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []killRecord
+	for _, k := range f.kills {
+		if k.pid == pid {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type harness struct {
+	t    *testing.T
+	os   *fakeOS
+	log  *syncBuffer
+	done chan error
+}
+
+// start runs a supervisor on the fake OS; cfg.Command defaults to /bin/sh.
+func start(t *testing.T, cfg Config, prepare ...func(*fakeOS)) *harness {
+	t.Helper()
+	if cfg.Command == nil {
+		cfg.Command = []string{"/bin/sh"}
+	}
+	h := &harness{t: t, os: newFakeOS(), log: &syncBuffer{}, done: make(chan error, 1)}
+	for _, p := range prepare {
+		p(h.os)
+	}
+	cfg.Log = h.log
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sys = h.os.sys()
+	go func() { h.done <- s.Run(h.os.signals) }()
+	t.Cleanup(func() {
+		select {
+		case h.os.signals <- syscall.SIGTERM:
+		default:
+		}
+		// Let every worker the fake OS still has exit, so that Run returns.
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			h.os.mu.Lock()
+			var pids []int
+			for pid := range h.os.alive {
+				pids = append(pids, pid)
+			}
+			h.os.mu.Unlock()
+			for _, pid := range pids {
+				h.os.exit(pid, 0)
+			}
+			select {
+			case <-h.done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		t.Errorf("supervisor did not stop; log:\n%s", h.log)
+	})
+	return h
+}
+
+func (h *harness) signal(sig os.Signal) { h.os.signals <- sig }
+
+// waitFor polls cond until it holds or a few seconds pass.
+func (h *harness) waitFor(what string, cond func() bool) {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out waiting for %s; log:\n%s", what, h.log)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (h *harness) waitLog(line string) {
+	h.t.Helper()
+	h.waitFor("log line "+line, func() bool { return strings.Contains(h.log.String(), line+"\n") })
+}
+
+func (h *harness) spawnCount() int { return len(h.os.spawned()) }
+
+func TestHUPDuringRestartCausesExactlyOneMoreRestart(t *testing.T) {
+	h := start(t, Config{Interval: 150 * time.Millisecond})
+	h.signal(syscall.SIGHUP) // during the first start
+	h.waitLog("starting new worker 102")
+	h.signal(syscall.SIGHUP) // during a restart
+	h.signal(syscall.SIGHUP)
+	h.signal(syscall.SIGHUP)
+	h.waitFor("three workers", func() bool { return h.spawnCount() == 3 })
+	time.Sleep(500 * time.Millisecond)
+	if n := h.spawnCount(); n != 3 {
+		t.Fatalf("HUPs during starts gave %d starts, want 3 (first, one restart after each start):\n%s", n, h.log)
+	}
+	if ks := h.os.killsOf(101); len(ks) != 1 || ks[0].sig != syscall.SIGTERM {
+		t.Fatalf("generation 1 was sent %v, want one TERM", ks)
+	}
+	if ks := h.os.killsOf(102); len(ks) != 1 || ks[0].sig != syscall.SIGTERM {
+		t.Fatalf("generation 2 was sent %v, want one TERM", ks)
+	}
+	if got := strings.Count(h.log.String(), "received HUP, spawning a new worker\n"); got != 2 {
+		t.Fatalf("logged %d HUP restarts, want 2:\n%s", got, h.log)
+	}
+}
+
+func TestTERMDuringKillOldDelayIsPrompt(t *testing.T) {
+	h := start(t, Config{Interval: 0, Env: []string{"KILL_OLD_DELAY=30"}})
+	h.waitLog("starting new worker 101")
+	h.signal(syscall.SIGHUP)
+	h.waitLog("sleeping 30 secs before killing old workers")
+	sent := time.Now()
+	h.signal(syscall.SIGTERM)
+	h.waitLog("received TERM, sending TERM to all workers:101,102")
+	for _, pid := range []int{101, 102} {
+		ks := h.os.killsOf(pid)
+		if len(ks) != 1 || ks[0].sig != syscall.SIGTERM || ks[0].at.Sub(sent) > 200*time.Millisecond {
+			t.Fatalf("worker %d got %v, want TERM at once", pid, ks)
+		}
+	}
+	h.os.exit(101, 0)
+	h.os.exit(102, 0)
+	select {
+	case err := <-h.done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatalf("did not exit after its workers:\n%s", h.log)
+	}
+	if !strings.HasSuffix(h.log.String(), "worker 102 died, status:0\nexiting\n") {
+		t.Fatalf("log does not end with the deaths and exiting:\n%s", h.log)
+	}
+	h.done <- nil // for the cleanup
+}
+
+func TestTERMDuringStartIsPrompt(t *testing.T) {
+	h := start(t, Config{Interval: 30 * time.Second})
+	h.waitLog("starting new worker 101")
+	h.signal(syscall.SIGTERM)
+	h.waitLog("received TERM, sending TERM to all workers:101")
+}
+
+func TestINTSendsTERMWhateverSignalOnTERM(t *testing.T) {
+	h := start(t, Config{SignalOnTERM: syscall.SIGQUIT})
+	h.waitLog("starting new worker 101")
+	h.signal(syscall.SIGINT)
+	h.waitLog("received INT, sending TERM to all workers:101")
+	if ks := h.os.killsOf(101); len(ks) != 1 || ks[0].sig != syscall.SIGTERM {
+		t.Fatalf("got %v", ks)
+	}
+}
+
+func TestFailingStartsBackOff(t *testing.T) {
+	h := start(t, Config{Interval: 0, MaxBackoff: 400 * time.Millisecond}, func(f *fakeOS) { f.dieOnStart = true })
+	time.Sleep(1500 * time.Millisecond)
+	spawns := h.os.spawned()
+	// Retries after 0.1, 0.2, 0.4, 0.4, 0.4 s: about 6 in 1.5 s. 0.35 would
+	// have started one every --interval, here in a tight loop.
+	if len(spawns) < 4 || len(spawns) > 8 {
+		t.Fatalf("%d starts in 1.5 s, want 4-8:\n%s", len(spawns), h.log)
+	}
+	for i := 4; i < len(spawns); i++ {
+		if gap := spawns[i].at.Sub(spawns[i-1].at); gap < 350*time.Millisecond {
+			t.Fatalf("gap %v between start %d and %d is below the cap", gap, i, i+1)
+		}
+	}
+	if !strings.Contains(h.log.String(), "new worker 101 seems to have failed to start, exit status:768\n") {
+		t.Fatalf("missing 0.35's failure line:\n%s", h.log)
+	}
+}
+
+func TestOldGenerationKeepsServingWhileNewOneFails(t *testing.T) {
+	h := start(t, Config{Interval: 50 * time.Millisecond})
+	h.waitLog("starting new worker 101")
+	h.os.mu.Lock()
+	h.os.dieOnStart = true
+	h.os.mu.Unlock()
+	h.signal(syscall.SIGHUP)
+	h.waitFor("three failed starts", func() bool { return h.spawnCount() >= 4 })
+	if ks := h.os.killsOf(101); len(ks) != 0 {
+		t.Fatalf("old generation was signalled %v while no new one had started", ks)
+	}
+	// A HUP while waiting to retry retries at once.
+	h.os.mu.Lock()
+	h.os.dieOnStart = false
+	h.os.mu.Unlock()
+	n := h.spawnCount()
+	h.signal(syscall.SIGHUP)
+	h.waitFor("a retry", func() bool { return h.spawnCount() == n+1 })
+	h.waitFor("the old generation signalled", func() bool { return len(h.os.killsOf(101)) == 1 })
+}
+
+func TestKillTimeoutEscalates(t *testing.T) {
+	h := start(t, Config{Interval: 0, KillTimeout: 200 * time.Millisecond})
+	h.waitLog("starting new worker 101")
+	h.signal(syscall.SIGHUP)
+	h.waitFor("SIGKILL", func() bool { return len(h.os.killsOf(101)) == 2 })
+	ks := h.os.killsOf(101)
+	if ks[0].sig != syscall.SIGTERM || ks[1].sig != syscall.SIGKILL {
+		t.Fatalf("got %v, want TERM then KILL", ks)
+	}
+	if d := ks[1].at.Sub(ks[0].at); d < 180*time.Millisecond || d > time.Second {
+		t.Fatalf("KILL came %v after TERM, want about 200ms", d)
+	}
+}
+
+func TestAutoRestart(t *testing.T) {
+	h := start(t, Config{Interval: 0, Env: []string{"ENABLE_AUTO_RESTART=1", "AUTO_RESTART_INTERVAL=0.3", "KILL_OLD_DELAY=0"}})
+	h.waitLog("autorestart triggered (interval=0.3)")
+	h.waitFor("the old one signalled", func() bool { return len(h.os.killsOf(101)) == 1 })
+	// With the old generation alive, the next one waits for twice the interval.
+	h.waitLog("autorestart triggered (forced, interval=0.3)")
+}
+
+func TestEnvDirSetsAndUnsets(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "FOO"), []byte("bar\nsecond line\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, ".hidden"), []byte("x\n"), 0o644)
+	h := start(t, Config{Interval: 0, Env: []string{"ENVDIR=" + dir, "KEEP=1"}, PortEnv: "80=3"})
+	h.waitLog("starting new worker 101")
+	env := newEnvironment(h.os.spawned()[0].env)
+	if env["FOO"] != "bar" || env["KEEP"] != "1" || env[".hidden"] != "" ||
+		env["SERVER_STARTER_PORT"] != "80=3" || env["SERVER_STARTER_GENERATION"] != "1" {
+		t.Fatalf("first worker's environment: %v", env)
+	}
+	os.Remove(filepath.Join(dir, "FOO"))
+	h.signal(syscall.SIGHUP)
+	h.waitLog("starting new worker 102")
+	env = newEnvironment(h.os.spawned()[1].env)
+	if _, ok := env["FOO"]; ok || env["SERVER_STARTER_GENERATION"] != "2" {
+		t.Fatalf("second worker's environment: %v", env)
+	}
+}
+
+func TestStatusFileIsInNumericOrder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "status")
+	if err := writeStatusFile(path, map[int]int{10: 5, 9: 7, 100: 1}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	if string(b) != "9:7\n10:5\n100:1\n" {
+		t.Fatalf("status file is %q", b)
+	}
+}
+
+func TestStatusFileFollowsGenerations(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "status")
+	h := start(t, Config{Interval: 0, StatusFile: path, Env: []string{"KILL_OLD_DELAY=0.3"}})
+	read := func() string { b, _ := os.ReadFile(path); return string(b) }
+	h.waitFor("first generation", func() bool { return read() == "1:101\n" })
+	h.signal(syscall.SIGHUP)
+	h.waitFor("both generations", func() bool { return read() == "1:101\n2:102\n" })
+	h.waitFor("old one signalled", func() bool { return len(h.os.killsOf(101)) == 1 })
+	h.os.exit(101, 0)
+	h.waitFor("second generation only", func() bool { return read() == "2:102\n" })
+}
+
+func TestParseSignal(t *testing.T) {
+	for name, want := range map[string]syscall.Signal{"TERM": syscall.SIGTERM, "sigusr1": syscall.SIGUSR1, "Hup": syscall.SIGHUP, "SIGQUIT": syscall.SIGQUIT} {
+		if got, err := ParseSignal(name); err != nil || got != want {
+			t.Errorf("ParseSignal(%q) = %v, %v", name, got, err)
+		}
+	}
+	for _, bad := range []string{"", "FOO", "SIG", "9x"} {
+		if _, err := ParseSignal(bad); err == nil {
+			t.Errorf("ParseSignal(%q) succeeded", bad)
+		}
+	}
+}
