@@ -1,0 +1,71 @@
+// Command example is an ss-bridge worker: it serves HTTP on every stream socket in
+// SERVER_STARTER_PORT, answering "hello from generation G (pid P)", and on SIGTERM or
+// SIGINT stops accepting, finishes the requests in flight and exits 0.
+//
+//	go build -o bin/example-worker ./listener/example
+//	bin/ss-bridge --port=127.0.0.1:8080 -- bin/example-worker
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ss-bridge/ss-bridge/listener"
+)
+
+func main() {
+	pid := os.Getpid()
+	gen := os.Getenv("SERVER_STARTER_GENERATION")
+	log.SetFlags(0)
+	log.SetPrefix(fmt.Sprintf("example-worker (generation %s, pid %d): ", gen, pid))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	lns, err := listener.Streams()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if len(lns) == 0 {
+		log.Fatal("no stream socket in SERVER_STARTER_PORT")
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "hello from generation %s (pid %d)\n", gen, pid)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	served := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { served <- srv.Serve(ln) }()
+		log.Printf("serving http on %s", ln.Addr())
+	}
+	if err := listener.Ready(); err != nil {
+		log.Print(err)
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		log.Fatal(err)
+	}
+	log.Print("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Fatalf("shutdown: %v", err)
+	}
+	for range lns {
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			log.Print(err)
+		}
+	}
+	log.Print("done")
+}
