@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
-	"strings"
 
 	"time"
 
@@ -126,12 +126,18 @@ func (s Spec) display() string {
 
 func resolve(spec Spec) (int, unix.Sockaddr, error) {
 	if spec.IPv6 {
-		ip := net.ParseIP(spec.Host)
-		if ip == nil || ip.To4() != nil && !strings.Contains(spec.Host, ":") {
+		addr, err := netip.ParseAddr(spec.Host)
+		if err != nil || !addr.Is6() {
 			return 0, nil, fmt.Errorf("invalid IPv6 address %q", spec.Host)
 		}
-		sa := &unix.SockaddrInet6{Port: spec.Port}
-		copy(sa.Addr[:], ip.To16())
+		sa := &unix.SockaddrInet6{Port: spec.Port, Addr: addr.As16()}
+		if zone := addr.Zone(); zone != "" {
+			ifi, err := net.InterfaceByName(zone)
+			if err != nil {
+				return 0, nil, fmt.Errorf("IPv6 zone %q: %w", zone, err)
+			}
+			sa.ZoneId = uint32(ifi.Index)
+		}
 		return unix.AF_INET6, sa, nil
 	}
 	sa := &unix.SockaddrInet4{Port: spec.Port}
