@@ -40,8 +40,7 @@ func serve(o *Options) (err error) {
 	if err != nil {
 		return err
 	}
-	sup, err := supervisor.New(cfg)
-	if err != nil {
+	if err := cfg.Check(); err != nil {
 		return err
 	}
 
@@ -122,7 +121,8 @@ func serve(o *Options) (err error) {
 	if daemon {
 		cfg.Observer = daemonReadyObserver()
 	}
-	if sup, err = supervisor.New(cfg); err != nil {
+	sup, err := supervisor.New(cfg)
+	if err != nil {
 		return err
 	}
 	return sup.Run(signals)
@@ -163,7 +163,6 @@ func configure(o *Options) (supervisor.Config, []activation.Spec, error) {
 		specs = append(specs, spec)
 	}
 	cfg.Env = workerEnv(o)
-	cfg.Files = activation.Files(nil)
 	return cfg, specs, nil
 }
 

@@ -103,32 +103,26 @@ type Supervisor struct {
 	log  io.Writer
 	base environment
 
-	generation int                 // SERVER_STARTER_GENERATION of the last start attempt
-	current    *worker             // the serving generation
-	starting   *worker             // a new generation not yet counted as started
-	old        map[int]*worker     // older generations, by pid, still alive
-	readyAt    time.Time           // when starting counts as started
-	retryAt    time.Time           // when to try starting again after a failure
-	failures   int                 // failed starts in a row, for the backoff
-	restarting bool                // the start in progress replaces current
-	killOldAt  time.Time           // when to signal old (kill-old-delay)
-	hupPending bool                // a HUP arrived during a restart
-	stopping   bool                // TERM or INT received
-	lastStart  time.Time           // when a generation last counted as started
-	autoAt     time.Time           // next auto-restart check
-	statusMade bool                // we created the status file
-	now        func() time.Time    // for tests
-	lastStatus map[int]int         // what the status file says
-	newTimer   func() *time.Timer  // for tests
-	onWake     func(s *Supervisor) // for tests: after every event
+	generation int              // SERVER_STARTER_GENERATION of the last start attempt
+	current    *worker          // the serving generation
+	starting   *worker          // a new generation not yet counted as started
+	old        map[int]*worker  // older generations, by pid, still alive
+	readyAt    time.Time        // when starting counts as started
+	retryAt    time.Time        // when to try starting again after a failure
+	failures   int              // failed starts in a row, for the backoff
+	restarting bool             // the start in progress replaces current
+	killOldAt  time.Time        // when to signal old (kill-old-delay)
+	hupPending bool             // a HUP arrived during a restart
+	stopping   bool             // TERM or INT received
+	lastStart  time.Time        // when a generation last counted as started
+	autoAt     time.Time        // next auto-restart check
+	statusMade bool             // we created the status file
+	now        func() time.Time // for tests
 }
 
 // New returns a supervisor for cfg. It checks the configuration; it starts
 // nothing until Run.
 func New(cfg Config) (*Supervisor, error) {
-	if len(cfg.Command) == 0 || cfg.Command[0] == "" {
-		return nil, errors.New("no worker command given")
-	}
 	if cfg.SignalOnHUP == 0 {
 		cfg.SignalOnHUP = syscall.SIGTERM
 	}
@@ -149,29 +143,39 @@ func New(cfg Config) (*Supervisor, error) {
 	if s.log == nil {
 		s.log = os.Stderr
 	}
-	if cfg.Dir != "" {
-		if st, err := os.Stat(cfg.Dir); err != nil {
-			return nil, fmt.Errorf("worker directory: %w", err)
-		} else if !st.IsDir() {
-			return nil, fmt.Errorf("worker directory %s is not a directory", cfg.Dir)
-		}
-	}
-	if err := s.checkCommand(); err != nil {
+	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
+// Check fails when the worker could not be started now: no command, a
+// directory that is not one, a command that is not found or not executable.
+// New calls it; a caller may call it earlier, to fail before binding sockets.
+func (cfg Config) Check() error {
+	if len(cfg.Command) == 0 || cfg.Command[0] == "" {
+		return errors.New("no worker command given")
+	}
+	if cfg.Dir != "" {
+		if st, err := os.Stat(cfg.Dir); err != nil {
+			return fmt.Errorf("worker directory: %w", err)
+		} else if !st.IsDir() {
+			return fmt.Errorf("worker directory %s is not a directory", cfg.Dir)
+		}
+	}
+	return cfg.checkCommand()
+}
+
 // checkCommand fails when the worker command cannot be executed now, so that
 // a typo is an error at start-up rather than a worker failing to start.
-func (s *Supervisor) checkCommand() error {
-	name := s.cfg.Command[0]
-	path, err := withEnvDir(s.base).lookPath(name)
+func (cfg Config) checkCommand() error {
+	name := cfg.Command[0]
+	path, err := withEnvDir(newEnvironment(cfg.Env)).lookPath(name)
 	if err != nil {
 		return fmt.Errorf("server program %s: %w", name, unwrapPathError(err))
 	}
-	if !filepath.IsAbs(path) && s.cfg.Dir != "" {
-		path = filepath.Join(s.cfg.Dir, path)
+	if !filepath.IsAbs(path) && cfg.Dir != "" {
+		path = filepath.Join(cfg.Dir, path)
 	}
 	st, err := os.Stat(path)
 	switch {
@@ -221,9 +225,6 @@ func (s *Supervisor) Run(signals <-chan os.Signal) error {
 			}
 		}
 		s.runDeadlines()
-		if s.onWake != nil {
-			s.onWake(s)
-		}
 	}
 	s.logf("exiting")
 	return nil
