@@ -1,0 +1,67 @@
+package cli
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFollowsGetoptLong(t *testing.T) {
+	o, err := Parse([]string{"--port=80", "-port", "127.0.0.1:81", "--PATH=/s", "--int", "0.5",
+		"--signal-on-h=usr1", "--enable-auto", "--kill-old-delay=3", "server", "--", "--port", "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(o.Ports, []string{"80", "127.0.0.1:81"}) || !reflect.DeepEqual(o.Paths, []string{"/s"}) {
+		t.Fatalf("ports %q paths %q", o.Ports, o.Paths)
+	}
+	if o.Interval != 500*time.Millisecond || o.SignalOnHUP != "usr1" || !o.EnableAutoRestart || *o.KillOldDelay != 3 {
+		t.Fatalf("got %+v", o)
+	}
+	// Non-option words are permuted into the command, as Getopt::Long does.
+	if !reflect.DeepEqual(o.Command, []string{"server", "--port", "x"}) {
+		t.Fatalf("command %q", o.Command)
+	}
+	if o.AutoRestartInterval != nil {
+		t.Fatal("an option not given must stay unset, so the environment's value stands")
+	}
+	if o, _ := Parse(nil); o.Interval != time.Second {
+		t.Fatalf("default interval %v", o.Interval)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for args, want := range map[string]string{
+		"--foo":              "unknown option: foo",
+		"--s=1":              "option s is ambiguous (signal-on-hup, signal-on-term, status-file, stop)",
+		"--port":             "option --port requires an argument",
+		"--daemonize=1":      "option --daemonize does not take an argument",
+		"--interval=abc":     `value "abc" invalid for option --interval`,
+		"--interval=-1":      `value "-1" invalid for option --interval`,
+		"--backlog=0":        `value "0" invalid for option --backlog`,
+		"--path-mode=0999":   `value "0999" invalid for option --path-mode`,
+		"--kill-timeout=1x":  `value "1x" invalid for option --kill-timeout`,
+		"--max-backoff=-2":   `value "-2" invalid for option --max-backoff`,
+		"--auto-restart-i=x": `value "x" invalid for option --auto-restart-interval`,
+	} {
+		_, err := Parse(strings.Fields(args))
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("Parse(%s) = %v, want %q", args, err, want)
+		}
+	}
+}
+
+func TestWorkerEnvExportsGivenOptions(t *testing.T) {
+	t.Setenv("KILL_OLD_DELAY", "9")
+	o, _ := Parse([]string{"--envdir=/e", "--enable-auto-restart", "--auto-restart-interval=7"})
+	env := workerEnv(o)
+	last := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		last[k] = v
+	}
+	if last["ENVDIR"] != "/e" || last["ENABLE_AUTO_RESTART"] != "1" || last["AUTO_RESTART_INTERVAL"] != "7" || last["KILL_OLD_DELAY"] != "9" {
+		t.Fatalf("environment %v", last)
+	}
+}
