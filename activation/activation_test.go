@@ -107,7 +107,7 @@ func sockopt(t *testing.T, fd, level, opt int) int {
 }
 
 func TestOpenBindsTCPAndUDPWithTheRightOptions(t *testing.T) {
-	socks, err := Open([]Spec{mustSpec(t, "127.0.0.1:0"), mustSpec(t, "127.0.0.1:u0")}, Options{})
+	socks, err := Open([]Spec{mustSpec(t, "127.0.0.1:0"), mustSpec(t, "127.0.0.1:u0")}, nil, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestOpenBindsTCPAndUDPWithTheRightOptions(t *testing.T) {
 }
 
 func TestBarePortBindsIPv4Only(t *testing.T) {
-	socks, err := Open([]Spec{mustSpec(t, "0")}, Options{})
+	socks, err := Open([]Spec{mustSpec(t, "0")}, nil, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestBarePortBindsIPv4Only(t *testing.T) {
 }
 
 func TestIPv6IsV6Only(t *testing.T) {
-	socks, err := Open([]Spec{mustSpec(t, "[::1]:0")}, Options{})
+	socks, err := Open([]Spec{mustSpec(t, "[::1]:0")}, nil, Options{})
 	if err != nil {
 		t.Skipf("no IPv6 loopback here: %v", err)
 	}
@@ -174,14 +174,14 @@ func TestOpenFailsCleanly(t *testing.T) {
 	specs := []Spec{mustSpec(t, "127.0.0.1:0")}
 	p, _ := ParsePath(sockPath)
 	specs = append(specs, p, mustSpec(t, busy.Addr().String()))
-	_, err = Open(specs, Options{})
+	_, err = Open(specs, nil, Options{})
 	if !errors.Is(err, syscall.EADDRINUSE) || !strings.HasPrefix(err.Error(), "bind "+busy.Addr().String()+": ") {
 		t.Fatalf("got %v, want 'bind ADDR: address already in use'", err)
 	}
 	if _, err := os.Lstat(sockPath); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("a failed Open left the socket file of an earlier spec behind")
 	}
-	if _, err := Open([]Spec{mustSpec(t, "nonexistent.invalid:80")}, Options{}); err == nil || !strings.Contains(err.Error(), "nonexistent.invalid") {
+	if _, err := Open([]Spec{mustSpec(t, "nonexistent.invalid:80")}, nil, Options{}); err == nil || !strings.Contains(err.Error(), "nonexistent.invalid") {
 		t.Fatalf("unresolvable host: %v", err)
 	}
 }
@@ -199,7 +199,7 @@ func TestUnixSockets(t *testing.T) {
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close()
 	var warn bytes.Buffer
-	socks, err := Open([]Spec{spec}, Options{Warn: &warn, PathMode: 0o660})
+	socks, err := Open([]Spec{spec}, nil, Options{Warn: &warn, PathMode: 0o660})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestUnixSockets(t *testing.T) {
 	}
 
 	// The default mode is 0.35's: bound with umask 0.
-	socks, err = Open([]Spec{spec}, Options{})
+	socks, err = Open([]Spec{spec}, nil, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func TestUnixSockets(t *testing.T) {
 	}
 
 	// A regular file is never removed.
-	_, err = Open([]Spec{spec}, Options{})
+	_, err = Open([]Spec{spec}, nil, Options{})
 	if err == nil || !strings.Contains(err.Error(), "regular file") {
 		t.Fatalf("got %v, want an error about the regular file", err)
 	}
@@ -269,4 +269,38 @@ func TestWorkerDescriptors(t *testing.T) {
 	if err := AssignWorkerFDs(clash); err == nil {
 		t.Fatal("two sockets pinned to one descriptor were accepted")
 	}
+}
+
+func TestOpenUsesInheritedSocketsAtTheRequestedAddress(t *testing.T) {
+	inheritedSocks, err := Open([]Spec{mustSpec(t, "127.0.0.1:0"), mustSpec(t, "127.0.0.1:0")}, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer CloseAll(inheritedSocks)
+	var inherited []Socket
+	for _, s := range inheritedSocks {
+		spec, err := describe(s.FD)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inherited = append(inherited, Socket{Spec: spec, FD: s.FD})
+	}
+	port := inherited[0].Port
+	socks, err := Open([]Spec{mustSpec(t, fmt.Sprintf("localhost:%d", port)), mustSpec(t, "127.0.0.1:0")}, inherited, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if socks[0].FD != inherited[0].FD || socks[0].Key != fmt.Sprintf("localhost:%d", port) {
+		t.Fatalf("requested address not served by the inherited socket: %+v", socks[0])
+	}
+	if socks[1].FD == inherited[1].FD {
+		t.Fatal("a port-0 spec matched an inherited socket")
+	}
+	if len(socks) != 3 || socks[2].FD != inherited[1].FD {
+		t.Fatalf("the unrequested inherited socket is not passed on last: %+v", socks)
+	}
+	if got := PortEnv(socks); got != fmt.Sprintf("localhost:%d=3;127.0.0.1:0=4;%s=5", port, inherited[1].Key) {
+		t.Fatalf("PortEnv = %q", got)
+	}
+	socks[1].Close()
 }

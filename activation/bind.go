@@ -44,24 +44,100 @@ type Options struct {
 	Warn io.Writer
 }
 
-// Open binds every spec, in order, and assigns the descriptor each worker gets
-// it on (see AssignWorkerFDs). On error every socket already bound is closed
-// and its file removed, and the error names the spec that failed.
-func Open(specs []Spec, opts Options) ([]Socket, error) {
-	socks := make([]Socket, 0, len(specs))
+// Open returns a socket for every spec, in order, followed by the inherited
+// sockets no spec asked for, and assigns the descriptor each worker gets it
+// on (see AssignWorkerFDs). A spec uses an inherited socket of the same
+// network and address instead of binding one, so that one configuration works
+// with and without a systemd socket unit; the socket keeps the spec's key, as
+// the operator wrote it. Specs with port 0 never match.
+//
+// On error every socket Open bound is closed and its file removed; inherited
+// sockets are left open. The error names the spec that failed.
+func Open(specs []Spec, inherited []Socket, opts Options) ([]Socket, error) {
+	socks := make([]Socket, 0, len(specs)+len(inherited))
+	used := make([]bool, len(inherited))
+	var bound []Socket
 	for _, spec := range specs {
+		if i := match(spec, inherited, used); i >= 0 {
+			used[i] = true
+			s := inherited[i]
+			s.Spec = spec
+			socks = append(socks, s)
+			continue
+		}
 		s, err := bind(spec, opts)
 		if err != nil {
-			CloseAll(socks)
+			CloseAll(bound)
 			return nil, err
 		}
+		bound = append(bound, s)
 		socks = append(socks, s)
 	}
+	for i, s := range inherited {
+		if !used[i] {
+			socks = append(socks, s)
+		}
+	}
 	if err := AssignWorkerFDs(socks); err != nil {
-		CloseAll(socks)
+		CloseAll(bound)
 		return nil, err
 	}
 	return socks, nil
+}
+
+// Requested reports whether one of specs asks for the address s is bound to,
+// so that Open would use s for it.
+func Requested(s Socket, specs []Spec) bool {
+	for _, spec := range specs {
+		if match(spec, []Socket{s}, []bool{false}) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// match returns the index of the unused inherited socket bound where spec
+// asks, or -1.
+func match(spec Spec, inherited []Socket, used []bool) int {
+	if spec.Network != Unix && spec.Port == 0 {
+		return -1
+	}
+	for i, s := range inherited {
+		if used[i] || s.Network != spec.Network {
+			continue
+		}
+		if spec.Network == Unix {
+			if s.Path == spec.Path {
+				return i
+			}
+			continue
+		}
+		if sameAddress(spec, s.FD) {
+			return i
+		}
+	}
+	return -1
+}
+
+// sameAddress reports whether the socket fd is bound where spec asks.
+func sameAddress(spec Spec, fd int) bool {
+	_, want, err := resolve(spec)
+	if err != nil {
+		return false
+	}
+	got, err := unix.Getsockname(fd)
+	if err != nil {
+		return false
+	}
+	switch w := want.(type) {
+	case *unix.SockaddrInet4:
+		g, ok := got.(*unix.SockaddrInet4)
+		return ok && g.Port == w.Port && g.Addr == w.Addr
+	case *unix.SockaddrInet6:
+		g, ok := got.(*unix.SockaddrInet6)
+		return ok && g.Port == w.Port && g.Addr == w.Addr
+	}
+	return false
 }
 
 func bind(spec Spec, opts Options) (Socket, error) {

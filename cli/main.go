@@ -25,6 +25,9 @@ func Main(args []string) int {
 	if os.Getenv(daemonStageEnv) == "1" {
 		return daemonIntermediate()
 	}
+	if os.Getenv(listenFDsShimEnv) == "1" {
+		return listenFDsShim(args)
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
 		return 1

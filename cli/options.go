@@ -34,6 +34,14 @@ type Options struct {
 	MaxBackoff  time.Duration
 	Timeout     time.Duration
 
+	// ReadyNotify is --ready=notify: a worker is started when it says
+	// READY=1, not after --interval.
+	ReadyNotify    bool
+	ReadyTimeout   time.Duration
+	WorkerWatchdog time.Duration
+	// ListenFDs passes the sockets as systemd does (LISTEN_FDS from fd 3).
+	ListenFDs bool
+
 	Restart, Stop, Help, Version bool
 
 	// Command is the worker's argv: what follows "--", and any non-option
@@ -107,6 +115,20 @@ var options = []option{
 	{"kill-timeout", seconds, func(o *Options, v string) (err error) { o.KillTimeout, err = secondsValue(v); return }},
 	{"max-backoff", seconds, func(o *Options, v string) (err error) { o.MaxBackoff, err = secondsValue(v); return }},
 	{"timeout", seconds, func(o *Options, v string) (err error) { o.Timeout, err = secondsValue(v); return }},
+	{"ready", text, func(o *Options, v string) error {
+		switch strings.ToLower(v) {
+		case "interval":
+			o.ReadyNotify = false
+		case "notify":
+			o.ReadyNotify = true
+		default:
+			return fmt.Errorf("\"interval\" or \"notify\" expected")
+		}
+		return nil
+	}},
+	{"ready-timeout", seconds, func(o *Options, v string) (err error) { o.ReadyTimeout, err = secondsValue(v); return }},
+	{"worker-watchdog", seconds, func(o *Options, v string) (err error) { o.WorkerWatchdog, err = secondsValue(v); return }},
+	{"listen-fds", flag, func(o *Options, _ string) error { o.ListenFDs = true; return nil }},
 	{"restart", flag, func(o *Options, _ string) error { o.Restart = true; return nil }},
 	{"stop", flag, func(o *Options, _ string) error { o.Stop = true; return nil }},
 	{"help", flag, func(o *Options, _ string) error { o.Help = true; return nil }},

@@ -29,6 +29,10 @@ func serve(o *Options) (err error) {
 
 	daemon := os.Getenv(daemonStageEnv) == "2"
 	os.Unsetenv(daemonStageEnv)
+	sd, err := takeSystemd()
+	if err != nil {
+		return err
+	}
 
 	if o.Daemonize && o.LogFile == "" {
 		return errors.New("--log-file option must be specified together with --daemonize")
@@ -79,10 +83,11 @@ func serve(o *Options) (err error) {
 		socks = adoptSockets(specs)
 	} else {
 		fmt.Fprintf(os.Stderr, "start_server (pid:%d) starting now...\n", os.Getpid())
-		socks, err = activation.Open(specs, activation.Options{Backlog: o.Backlog, PathMode: o.PathMode, Warn: os.Stderr})
+		socks, err = activation.Open(specs, sd.inheritedSockets(specs), activation.Options{Backlog: o.Backlog, PathMode: o.PathMode, Warn: os.Stderr})
 		if err != nil {
 			return err
 		}
+		sd.store(socks)
 		for _, s := range socks {
 			if s.Pinned {
 				fmt.Fprintf(os.Stderr, "socket is duplicated to file descriptor %d\n", s.Spec.WorkerFD)
@@ -116,10 +121,33 @@ func serve(o *Options) (err error) {
 		defer pid.release()
 	}
 
-	cfg.PortEnv = activation.PortEnv(socks)
-	cfg.Files = activation.Files(socks)
+	if o.ListenFDs {
+		if err := listenFDsCommand(&cfg, socks); err != nil {
+			return err
+		}
+	} else {
+		cfg.PortEnv = activation.PortEnv(socks)
+		cfg.Files = activation.Files(socks)
+	}
+	var observers []func(supervisor.Event)
 	if daemon {
-		cfg.Observer = daemonReadyObserver()
+		observers = append(observers, daemonReadyObserver())
+	}
+	if sd.active() {
+		cfg.NotifySockets = true
+		if every, ok := sd.manager.WatchdogInterval(); ok {
+			cfg.Heartbeat = every
+		}
+		startWait := cfg.Interval
+		if cfg.ReadyByNotify {
+			startWait = cfg.ReadyTimeout
+		}
+		observers = append(observers, sd.observer(startWait))
+	}
+	cfg.Observer = func(e supervisor.Event) {
+		for _, o := range observers {
+			o(e)
+		}
 	}
 	sup, err := supervisor.New(cfg)
 	if err != nil {
@@ -133,12 +161,18 @@ func serve(o *Options) (err error) {
 // is bound or started.
 func configure(o *Options) (supervisor.Config, []activation.Spec, error) {
 	cfg := supervisor.Config{
-		Command:     o.Command,
-		Dir:         o.Dir,
-		Interval:    o.Interval,
-		KillTimeout: o.KillTimeout,
-		MaxBackoff:  o.MaxBackoff,
-		StatusFile:  o.StatusFile,
+		Command:        o.Command,
+		Dir:            o.Dir,
+		Interval:       o.Interval,
+		KillTimeout:    o.KillTimeout,
+		MaxBackoff:     o.MaxBackoff,
+		StatusFile:     o.StatusFile,
+		ReadyByNotify:  o.ReadyNotify,
+		ReadyTimeout:   o.ReadyTimeout,
+		WorkerWatchdog: o.WorkerWatchdog,
+	}
+	if cfg.ReadyByNotify && cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = time.Minute
 	}
 	var err error
 	if cfg.SignalOnHUP, err = signalOption("--signal-on-hup", o.SignalOnHUP); err != nil {

@@ -117,6 +117,9 @@ func (m *Manager) ExtendTimeout(d time.Duration) error {
 // MainPID tells the service manager that pid is the service's main process.
 func (m *Manager) MainPID(pid int) error { return m.Send("MAINPID=" + strconv.Itoa(pid)) }
 
+// Active reports whether there is a service manager to notify.
+func (m *Manager) Active() bool { return m != nil && m.addr != "" }
+
 // Send sends assignments ("READY=1", "STATUS=serving") in one datagram. A
 // RELOADING=1 without MONOTONIC_USEC gets one added. An assignment without
 // '=' or with a line break is an error, and nothing is sent.

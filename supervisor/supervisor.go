@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ss-bridge/ss-bridge/notify"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,6 +53,26 @@ type Config struct {
 	// Observer, when set, is told of every change of generation. It is
 	// called from the supervisor's goroutine and must not block.
 	Observer func(Event)
+
+	// ReadyByNotify makes a new generation count as started when it sends
+	// READY=1 to its NOTIFY_SOCKET, instead of after Interval; it counts as
+	// failed when it exits first or is silent for ReadyTimeout.
+	ReadyByNotify bool
+	// ReadyTimeout bounds the wait for READY=1; 0 means one minute.
+	ReadyTimeout time.Duration
+	// NotifySockets gives every worker a NOTIFY_SOCKET of its own, made in
+	// NotifyDir ("" for the system's temporary directory), on which it may
+	// send READY=1, STATUS=, WATCHDOG=1 and STOPPING=1. Only messages from the
+	// worker or its descendants are accepted. ReadyByNotify implies it.
+	NotifySockets bool
+	NotifyDir     string
+	// WorkerWatchdog, when positive, is passed to workers as WATCHDOG_USEC. A
+	// worker that has sent WATCHDOG=1 and is then silent this long is killed
+	// with SIGABRT and replaced.
+	WorkerWatchdog time.Duration
+	// Heartbeat, when positive, is how often the Observer gets a Heartbeat
+	// event while the loop runs: proof of a live loop, for a watchdog.
+	Heartbeat time.Duration
 }
 
 // EventKind names a change in the supervisor's generations.
@@ -73,6 +94,10 @@ const (
 	Exited
 	// Stopping: the supervisor received TERM or INT and is stopping.
 	Stopping
+	// WorkerStatus: a worker sent STATUS= (Generation, PID, Text).
+	WorkerStatus
+	// Heartbeat: the loop is alive (see Config.Heartbeat).
+	Heartbeat
 )
 
 // Event is a change in the supervisor's generations.
@@ -83,6 +108,14 @@ type Event struct {
 	Status     syscall.WaitStatus
 	// Err says why a start failed, when Kind is StartFailed.
 	Err error
+	// Text is the worker's STATUS= for WorkerStatus.
+	Text string
+	// Summary is a one-line account of the generations after the event,
+	// such as "generation 7 (pid 1234) serving; 1 old generation draining".
+	Summary string
+	// Ready is true once a generation has first counted as started; with
+	// Kind it tells a service manager when to say READY=1.
+	Ready bool
 }
 
 type worker struct {
@@ -94,6 +127,19 @@ type worker struct {
 	// killAt is when the worker gets SIGKILL, once signalled with a
 	// KillTimeout; zero otherwise.
 	killAt time.Time
+	// notify is the worker's own NOTIFY_SOCKET, if it has one.
+	notify *notify.WorkerSocket
+	// status is the worker's last STATUS=.
+	status string
+	// watchdogAt is when the worker's watchdog expires, once it has sent
+	// WATCHDOG=1.
+	watchdogAt time.Time
+}
+
+// workerMessage is a notification from a worker, for the loop.
+type workerMessage struct {
+	pid int
+	msg notify.Message
 }
 
 // Supervisor runs the generations. Its state is owned by the goroutine in Run.
@@ -103,20 +149,24 @@ type Supervisor struct {
 	log  io.Writer
 	base environment
 
-	generation int              // SERVER_STARTER_GENERATION of the last start attempt
-	current    *worker          // the serving generation
-	starting   *worker          // a new generation not yet counted as started
-	old        map[int]*worker  // older generations, by pid, still alive
-	readyAt    time.Time        // when starting counts as started
-	retryAt    time.Time        // when to try starting again after a failure
-	failures   int              // failed starts in a row, for the backoff
-	restarting bool             // the start in progress replaces current
-	killOldAt  time.Time        // when to signal old (kill-old-delay)
-	hupPending bool             // a HUP arrived during a restart
-	stopping   bool             // TERM or INT received
-	lastStart  time.Time        // when a generation last counted as started
-	autoAt     time.Time        // next auto-restart check
-	statusMade bool             // we created the status file
+	generation int             // SERVER_STARTER_GENERATION of the last start attempt
+	current    *worker         // the serving generation
+	starting   *worker         // a new generation not yet counted as started
+	old        map[int]*worker // older generations, by pid, still alive
+	readyAt    time.Time       // when starting counts as started
+	retryAt    time.Time       // when to try starting again after a failure
+	failures   int             // failed starts in a row, for the backoff
+	restarting bool            // the start in progress replaces current
+	killOldAt  time.Time       // when to signal old (kill-old-delay)
+	hupPending bool            // a HUP arrived during a restart
+	stopping   bool            // TERM or INT received
+	lastStart  time.Time       // when a generation last counted as started
+	autoAt     time.Time       // next auto-restart check
+	statusMade bool            // we created the status file
+	everReady  bool            // a generation has counted as started
+	beatAt     time.Time       // next Heartbeat
+	messages   chan workerMessage
+	quit       chan struct{}    // closed when Run returns
 	now        func() time.Time // for tests
 }
 
@@ -132,6 +182,12 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = time.Minute
 	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = time.Minute
+	}
+	if cfg.ReadyByNotify {
+		cfg.NotifySockets = true
+	}
 	s := &Supervisor{
 		cfg:  cfg,
 		sys:  realSys,
@@ -139,6 +195,9 @@ func New(cfg Config) (*Supervisor, error) {
 		base: newEnvironment(cfg.Env),
 		old:  map[int]*worker{},
 		now:  time.Now,
+
+		messages: make(chan workerMessage, 16),
+		quit:     make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = os.Stderr
@@ -197,6 +256,10 @@ func (cfg Config) checkCommand() error {
 // The status file, if Run created it, is removed before Run returns.
 func (s *Supervisor) Run(signals <-chan os.Signal) error {
 	defer s.removeStatusFile()
+	defer close(s.quit)
+	if s.cfg.Heartbeat > 0 {
+		s.beatAt = s.now()
+	}
 	if err := s.spawn(); err != nil {
 		return err
 	}
@@ -212,6 +275,8 @@ func (s *Supervisor) Run(signals <-chan os.Signal) error {
 		select {
 		case sig := <-signals:
 			s.handleSignal(sig)
+		case m := <-s.messages:
+			s.handleMessage(m)
 		case <-timer.C:
 		}
 		// A child's exit or a TERM that is already pending comes before any
@@ -220,6 +285,8 @@ func (s *Supervisor) Run(signals <-chan os.Signal) error {
 			select {
 			case sig := <-signals:
 				s.handleSignal(sig)
+			case m := <-s.messages:
+				s.handleMessage(m)
 			default:
 				pending = false
 			}
@@ -295,8 +362,17 @@ func (s *Supervisor) spawn() error {
 	s.generation++
 	env["SERVER_STARTER_PORT"] = s.cfg.PortEnv
 	env["SERVER_STARTER_GENERATION"] = strconv.Itoa(s.generation)
+	if s.cfg.WorkerWatchdog > 0 {
+		env["WATCHDOG_USEC"] = strconv.FormatInt(s.cfg.WorkerWatchdog.Microseconds(), 10)
+	}
 	started := s.now()
 	path, err := env.lookPath(s.cfg.Command[0])
+	var ns *notify.WorkerSocket
+	if err == nil && s.cfg.NotifySockets {
+		if ns, err = notify.Listen(s.cfg.NotifyDir); err == nil {
+			env["NOTIFY_SOCKET"] = ns.Path()
+		}
+	}
 	var pid int
 	if err == nil {
 		pid, err = s.sys.spawn(path, s.cfg.Command, &syscall.ProcAttr{
@@ -305,21 +381,85 @@ func (s *Supervisor) spawn() error {
 			Files: s.cfg.Files,
 		})
 	}
+	if err != nil && ns != nil {
+		ns.Close()
+	}
 	if err != nil {
 		err = fmt.Errorf("failed to exec %s: %w", s.cfg.Command[0], unwrapPathError(err))
 		if s.generation == 1 {
 			return err
 		}
 		s.logf("%v", err)
-		s.observe(Event{Kind: StartFailed, Generation: s.generation, Err: err})
 		s.failed(started)
+		s.observe(Event{Kind: StartFailed, Generation: s.generation, Err: err})
 		return nil
 	}
 	s.logf("starting new worker %d", pid)
-	s.starting = &worker{pid: pid, gen: s.generation, started: started}
-	s.readyAt = started.Add(s.cfg.Interval)
+	s.starting = &worker{pid: pid, gen: s.generation, started: started, notify: ns}
+	if ns != nil {
+		s.listen(pid, ns)
+	}
+	if s.cfg.ReadyByNotify {
+		s.readyAt = started.Add(s.cfg.ReadyTimeout)
+	} else {
+		s.readyAt = started.Add(s.cfg.Interval)
+	}
 	s.observe(Event{Kind: Spawned, Generation: s.generation, PID: pid})
 	return nil
+}
+
+// listen forwards the worker's notifications to the loop until its socket
+// is closed (when the worker has exited) or Run returns.
+func (s *Supervisor) listen(pid int, ns *notify.WorkerSocket) {
+	ns.Dropped = func(err error) { s.logf("%v", err) }
+	ns.Watch(pid)
+	go func() {
+		for m := range ns.Messages() {
+			select {
+			case s.messages <- workerMessage{pid, m}:
+			case <-s.quit:
+				return
+			}
+		}
+	}()
+}
+
+// handleMessage acts on a worker's READY=1, STATUS=, WATCHDOG=1, STOPPING=1.
+func (s *Supervisor) handleMessage(m workerMessage) {
+	w := s.worker(m.pid)
+	if w == nil {
+		return // it has exited since
+	}
+	if _, ok := m.msg.Fields["STATUS"]; ok {
+		w.status = m.msg.Status
+		s.observe(Event{Kind: WorkerStatus, Generation: w.gen, PID: w.pid, Text: w.status})
+	}
+	if m.msg.Watchdog && s.cfg.WorkerWatchdog > 0 {
+		w.watchdogAt = s.now().Add(s.cfg.WorkerWatchdog)
+	}
+	if m.msg.Stopping {
+		s.logf("worker %d is stopping", w.pid)
+	}
+	if m.msg.Ready && w == s.starting && s.cfg.ReadyByNotify && !s.stopping {
+		s.started()
+	}
+}
+
+// worker finds a live worker by pid.
+func (s *Supervisor) worker(pid int) *worker {
+	for _, w := range []*worker{s.starting, s.current, s.old[pid]} {
+		if w != nil && w.pid == pid {
+			return w
+		}
+	}
+	return nil
+}
+
+// gone releases what a worker held once it has exited.
+func (w *worker) gone() {
+	if w.notify != nil {
+		w.notify.Close()
+	}
 }
 
 func unwrapPathError(err error) error {
@@ -353,6 +493,7 @@ func (s *Supervisor) started() {
 	s.readyAt = time.Time{}
 	s.current = w
 	s.lastStart = s.now()
+	s.everReady = true
 	s.updateStatus()
 	s.observe(Event{Kind: Started, Generation: w.gen, PID: w.pid})
 	if !s.restarting {
@@ -389,18 +530,22 @@ func (s *Supervisor) afterRestart() {
 }
 
 func (s *Supervisor) exited(pid int, status syscall.WaitStatus) {
+	if w := s.worker(pid); w != nil {
+		w.gone()
+	}
 	switch {
 	case s.starting != nil && pid == s.starting.pid:
 		w := s.starting
 		s.starting = nil
 		s.readyAt = time.Time{}
-		s.observe(Event{Kind: StartFailed, Generation: w.gen, PID: pid, Status: status})
 		if s.stopping {
 			s.logf("worker %d died, status:%d", pid, status)
 			return
 		}
 		s.logf("new worker %d seems to have failed to start, exit status:%d", pid, status)
 		s.failed(w.started)
+		s.observe(Event{Kind: StartFailed, Generation: w.gen, PID: pid, Status: status,
+			Err: fmt.Errorf("new worker %d exited with status %d before it was ready", pid, status)})
 	case s.current != nil && pid == s.current.pid:
 		w := s.current
 		s.current = nil
@@ -488,6 +633,10 @@ func (s *Supervisor) nextDeadline() (time.Time, bool) {
 	consider(s.retryAt)
 	consider(s.killOldAt)
 	consider(s.autoAt)
+	consider(s.beatAt)
+	if s.current != nil {
+		consider(s.current.watchdogAt)
+	}
 	for _, w := range s.old {
 		consider(w.killAt)
 	}
@@ -507,7 +656,24 @@ func (s *Supervisor) runDeadlines() {
 		}
 	}
 	if s.starting != nil && due(s.readyAt) {
-		s.started()
+		if s.cfg.ReadyByNotify {
+			s.notReady()
+		} else {
+			s.started()
+		}
+	}
+	if w := s.current; w != nil && due(w.watchdogAt) && !s.stopping {
+		s.logf("worker %d sent no WATCHDOG=1 for %ss, aborting it and restarting", w.pid, formatSeconds(s.cfg.WorkerWatchdog))
+		s.current = nil
+		s.old[w.pid] = w
+		w.watchdogAt = time.Time{}
+		s.signalAll(map[int]*worker{w.pid: w}, syscall.SIGABRT)
+		s.updateStatus()
+		s.failed(w.started)
+	}
+	if due(s.beatAt) {
+		s.beatAt = now.Add(s.cfg.Heartbeat)
+		s.observe(Event{Kind: Heartbeat})
 	}
 	if due(s.retryAt) && !s.stopping {
 		s.spawn()
@@ -550,10 +716,57 @@ func (s *Supervisor) removeStatusFile() {
 	}
 }
 
+// notReady gives up on a starting worker that did not send READY=1 in time:
+// it is told to go like an old generation, and the start is retried.
+func (s *Supervisor) notReady() {
+	w := s.starting
+	s.starting = nil
+	s.readyAt = time.Time{}
+	err := fmt.Errorf("new worker %d did not report ready within %ss", w.pid, formatSeconds(s.cfg.ReadyTimeout))
+	s.logf("%v", err)
+	s.old[w.pid] = w
+	s.signalAll(map[int]*worker{w.pid: w}, syscall.SIGTERM)
+	s.failed(w.started)
+	s.observe(Event{Kind: StartFailed, Generation: w.gen, PID: w.pid, Err: err})
+}
+
 func (s *Supervisor) observe(e Event) {
 	if s.cfg.Observer != nil {
+		e.Summary = s.summary()
+		e.Ready = s.everReady
 		s.cfg.Observer(e)
 	}
+}
+
+// summary is a one-line account of the generations, for STATUS=.
+func (s *Supervisor) summary() string {
+	var parts []string
+	if s.stopping {
+		parts = append(parts, "stopping")
+	}
+	if w := s.current; w != nil {
+		p := fmt.Sprintf("generation %d (pid %d) serving", w.gen, w.pid)
+		if w.status != "" {
+			p += ": " + w.status
+		}
+		parts = append(parts, p)
+	}
+	if w := s.starting; w != nil {
+		parts = append(parts, fmt.Sprintf("generation %d (pid %d) starting", w.gen, w.pid))
+	}
+	if !s.retryAt.IsZero() {
+		parts = append(parts, fmt.Sprintf("generation %d failed to start, retrying", s.generation))
+	}
+	switch n := len(s.old); {
+	case n == 1:
+		parts = append(parts, "1 old generation draining")
+	case n > 1:
+		parts = append(parts, fmt.Sprintf("%d old generations draining", n))
+	}
+	if len(parts) == 0 {
+		return "no worker running"
+	}
+	return strings.Join(parts, "; ")
 }
 
 func (s *Supervisor) logf(format string, args ...any) {

@@ -1,0 +1,211 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ss-bridge/ss-bridge/activation"
+	"github.com/ss-bridge/ss-bridge/notify"
+	"github.com/ss-bridge/ss-bridge/supervisor"
+)
+
+// systemdVars are set by systemd for ss-bridge, not for its workers: a
+// worker that inherits NOTIFY_SOCKET can leave the unit stuck in
+// "reloading", and LISTEN_PID names the wrong process.
+var systemdVars = []string{"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID",
+	"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "FDSTORE"}
+
+// storePrefix starts the FDNAME of every socket ss-bridge puts in systemd's
+// fd store, so that sockets it stored can be told from a socket unit's.
+const storePrefix = "ssb-"
+
+// systemd is what ss-bridge was given by systemd, if it runs under it.
+type systemd struct {
+	manager   *notify.Manager // no-op without NOTIFY_SOCKET
+	inherited []activation.Inherited
+	fdStore   bool // FileDescriptorStoreMax= > 0 and NOTIFY_SOCKET set
+}
+
+// takeSystemd reads what systemd passed and removes it from our environment,
+// so that neither the workers nor a log command inherit it.
+func takeSystemd() (*systemd, error) {
+	m, err := notify.FromEnv()
+	if err != nil {
+		return nil, err
+	}
+	inherited, err := activation.Inherit()
+	if err != nil {
+		return nil, err
+	}
+	store, _ := strconv.Atoi(os.Getenv("FDSTORE"))
+	sd := &systemd{manager: m, inherited: inherited, fdStore: store > 0 && os.Getenv("NOTIFY_SOCKET") != ""}
+	for _, v := range systemdVars {
+		os.Unsetenv(v)
+	}
+	return sd, nil
+}
+
+func (sd *systemd) active() bool { return sd.manager.Active() }
+
+// inheritedSockets returns the inherited sockets to offer to the requested
+// specs. Sockets ss-bridge stored in the fd store that no spec asks for any
+// more are removed from the store and closed; a socket unit's are kept and
+// passed on.
+func (sd *systemd) inheritedSockets(specs []activation.Spec) []activation.Socket {
+	socks := make([]activation.Socket, 0, len(sd.inherited))
+	for _, in := range sd.inherited {
+		if strings.HasPrefix(in.Name, storePrefix) && !activation.Requested(in.Socket, specs) {
+			if err := sd.manager.RemoveFDs(strings.TrimPrefix(in.Name, storePrefix)); err != nil {
+				fmt.Fprintf(os.Stderr, "failed to remove %s from the fd store: %v\n", in.Key, err)
+			}
+			in.Close()
+			continue
+		}
+		socks = append(socks, in.Socket)
+	}
+	return socks
+}
+
+// store puts the sockets ss-bridge bound itself into systemd's fd store, so
+// that they outlive a restart of ss-bridge and clients queue meanwhile.
+func (sd *systemd) store(socks []activation.Socket) {
+	if !sd.fdStore {
+		return
+	}
+	for _, s := range socks {
+		if sd.isInherited(s.FD) {
+			continue
+		}
+		if err := sd.manager.StoreFDs(storePrefix+s.Key, s.FD); err != nil {
+			fmt.Fprintf(os.Stderr, "failed to store %s in the fd store: %v\n", s.Key, err)
+		}
+	}
+}
+
+func (sd *systemd) isInherited(fd int) bool {
+	for _, in := range sd.inherited {
+		if in.FD == fd {
+			return true
+		}
+	}
+	return false
+}
+
+// observer reports the supervisor's events to systemd: READY=1 when the
+// first generation serves; RELOADING=1 on a restart and READY=1 when it is
+// done, or has failed while the old generation keeps serving; STOPPING=1;
+// WATCHDOG=1 on every heartbeat; STATUS= with every change.
+func (sd *systemd) observer(startWait time.Duration) func(supervisor.Event) {
+	m := sd.manager
+	readySent, reloading := false, false
+	report := func(err error) {
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "sd_notify: %v\n", err)
+		}
+	}
+	return func(e supervisor.Event) {
+		status := "STATUS=" + oneLine(e.Summary)
+		switch e.Kind {
+		case supervisor.Spawned:
+			if !readySent || reloading {
+				// A slow worker must not make systemd time out the start or
+				// the reload while it is still coming up.
+				report(m.ExtendTimeout(startWait + 5*time.Second))
+			}
+			report(m.Send(status))
+		case supervisor.Started:
+			if !readySent {
+				readySent = true
+				report(m.Send("READY=1", status))
+				return
+			}
+			report(m.Send(status))
+		case supervisor.Reloading:
+			reloading = true
+			report(m.Send("RELOADING=1", status))
+		case supervisor.Reloaded:
+			reloading = false
+			report(m.Send("READY=1", status))
+		case supervisor.StartFailed:
+			if reloading && readySent {
+				// The reload is over: the old generation keeps serving and
+				// the new one is retried. systemctl reload must not hang.
+				reloading = false
+				report(m.Send("READY=1", oneLine("STATUS=reload failed: "+errText(e)+"; "+e.Summary)))
+				return
+			}
+			report(m.Send(oneLine("STATUS=start failed: " + errText(e) + "; " + e.Summary)))
+		case supervisor.Stopping:
+			report(m.Send("STOPPING=1", status))
+		case supervisor.Heartbeat:
+			report(m.Watchdog())
+		default:
+			report(m.Send(status))
+		}
+	}
+}
+
+func errText(e supervisor.Event) string {
+	if e.Err != nil {
+		return e.Err.Error()
+	}
+	return fmt.Sprintf("worker %d exited with status %d", e.PID, e.Status)
+}
+
+// listenFDsShimEnv marks the re-execution of ss-bridge between fork and the
+// worker's exec in --listen-fds mode: only then is the worker's pid known,
+// which LISTEN_PID must hold.
+const listenFDsShimEnv = "SS_BRIDGE_LISTEN_FDS_SHIM"
+
+// listenFDsCommand wraps the worker command in the shim, and gives the
+// worker its sockets from descriptor 3 on, as systemd would.
+func listenFDsCommand(cfg *supervisor.Config, socks []activation.Socket) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("--listen-fds: find our own executable: %w", err)
+	}
+	files := []uintptr{0, 1, 2}
+	names := make([]string, len(socks))
+	for i, s := range socks {
+		files = append(files, uintptr(s.FD))
+		names[i] = notify.EncodeFDName(s.Key)
+	}
+	cfg.Files = files
+	entries := make([]string, len(socks))
+	for i, s := range socks {
+		entries[i] = s.Key + "=" + strconv.Itoa(3+i)
+	}
+	cfg.PortEnv = strings.Join(entries, ";")
+	cfg.Command = append([]string{exe}, cfg.Command...)
+	cfg.Env = append(cfg.Env,
+		listenFDsShimEnv+"=1",
+		"LISTEN_FDS="+strconv.Itoa(len(socks)),
+		"LISTEN_FDNAMES="+strings.Join(names, ":"))
+	return nil
+}
+
+// listenFDsShim runs in the worker's process: it sets LISTEN_PID to this
+// pid, which the worker keeps across exec, and executes the worker.
+func listenFDsShim(args []string) int {
+	os.Unsetenv(listenFDsShimEnv)
+	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	if len(args) < 2 {
+		fmt.Fprintln(os.Stderr, "ss-bridge: --listen-fds shim: no command")
+		return 127
+	}
+	path, err := exec.LookPath(args[1])
+	if err == nil {
+		err = syscall.Exec(path, args[1:], os.Environ())
+	}
+	fmt.Fprintf(os.Stderr, "ss-bridge: failed to exec %s: %v\n", args[1], err)
+	return 127
+}
+
+func oneLine(s string) string {
+	return strings.NewReplacer("\r", " ", "\n", " ", "\x00", " ").Replace(s)
+}
