@@ -29,6 +29,8 @@ func serve(o *Options) (err error) {
 
 	daemon := os.Getenv(daemonStageEnv) == "2"
 	os.Unsetenv(daemonStageEnv)
+	// Descriptors our parent leaked to us are not the workers' to inherit.
+	closeOnExecAbove(2)
 	sd, err := takeSystemd()
 	if err != nil {
 		return err
@@ -82,11 +84,15 @@ func serve(o *Options) (err error) {
 	if daemon {
 		socks = adoptSockets(specs)
 	} else {
-		fmt.Fprintf(os.Stderr, "start_server (pid:%d) starting now...\n", os.Getpid())
-		socks, err = activation.Open(specs, sd.inheritedSockets(specs), activation.Options{Backlog: o.Backlog, PathMode: o.PathMode, Warn: os.Stderr})
+		// 0.35 says "starting now" before binding; we say it once binding
+		// has worked, with binding's warnings after it, so that a failure
+		// is one line.
+		var warnings strings.Builder
+		socks, err = activation.Open(specs, sd.inheritedSockets(specs), activation.Options{Backlog: o.Backlog, PathMode: o.PathMode, Warn: &warnings})
 		if err != nil {
 			return err
 		}
+		fmt.Fprintf(os.Stderr, "start_server (pid:%d) starting now...\n%s", os.Getpid(), warnings.String())
 		sd.store(socks)
 		for _, s := range socks {
 			if s.Pinned {
@@ -314,6 +320,19 @@ func (l *logSink) finish() {
 		pid, err := unix.Wait4(l.pid, &ws, unix.WNOHANG, nil)
 		if pid == l.pid || err != nil { // ECHILD: already reaped by the supervisor
 			return
+		}
+	}
+}
+
+// closeOnExecAbove marks every open descriptor above fd close-on-exec.
+func closeOnExecAbove(fd int) {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if n, err := strconv.Atoi(e.Name()); err == nil && n > fd {
+			unix.CloseOnExec(n)
 		}
 	}
 }

@@ -2,10 +2,10 @@ package listener_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -36,35 +36,26 @@ func Example() {
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
 	if err := listener.Ready(); err != nil {
 		log.Print(err)
 	}
 
-	// A real worker does neither of these: it serves until ss-bridge sends SIGTERM. The
+	// A real worker does not do this: it serves until ss-bridge sends SIGTERM. The
 	// example makes one request to itself and then sends itself the SIGTERM.
-	resp, err := http.Get("http://" + ln.Addr().String() + "/")
-	if err != nil {
-		log.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	fmt.Print(string(body))
-	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	go func() {
+		resp, err := http.Get("http://" + ln.Addr().String() + "/")
+		if err != nil {
+			log.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		fmt.Print(string(body))
+		syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	}()
 
-	select {
-	case <-ctx.Done():
-	case err := <-served:
-		log.Fatal(err)
-	}
-	// Stop accepting, finish the requests in flight, then return (exit 0).
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		log.Fatal(err)
-	}
-	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+	// Serve until SIGTERM, then stop accepting, answer every accepted
+	// connection and return; the worker then exits 0.
+	if err := listener.ServeHTTP(ctx, srv, []net.Listener{ln}, 30*time.Second); err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println("shut down")

@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"net/http"
@@ -42,30 +41,20 @@ func main() {
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	served := make(chan error, len(lns))
 	for _, ln := range lns {
-		go func() { served <- srv.Serve(ln) }()
 		log.Printf("serving http on %s", ln.Addr())
 	}
-	if err := listener.Ready(); err != nil {
-		log.Print(err)
-	}
-
-	select {
-	case <-ctx.Done():
-	case err := <-served:
-		log.Fatal(err)
-	}
-	log.Print("shutting down")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		log.Fatalf("shutdown: %v", err)
-	}
-	for range lns {
-		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+	go func() {
+		// Serve has been called by the time the listeners accept, but the
+		// sockets queue connections already, so READY=1 can go now.
+		if err := listener.Ready(); err != nil {
 			log.Print(err)
 		}
+		<-ctx.Done()
+		log.Print("shutting down")
+	}()
+	if err := listener.ServeHTTP(ctx, srv, lns, 30*time.Second); err != nil {
+		log.Fatal(err)
 	}
 	log.Print("done")
 }
