@@ -66,10 +66,20 @@ func stopServer(o *Options, stderr io.Writer) error {
 			return nil
 		}
 		if deadline.passed() {
-			return fmt.Errorf("server (pid %d) did not exit within %s", pid, o.Timeout)
+			return &notStoppedError{pid, o.Timeout}
 		}
 		time.Sleep(pollEvery)
 	}
+}
+
+// notStoppedError is a server that did not exit within --timeout.
+type notStoppedError struct {
+	pid     int
+	timeout time.Duration
+}
+
+func (e *notStoppedError) Error() string {
+	return fmt.Sprintf("server (pid %d) did not exit within %s", e.pid, e.timeout)
 }
 
 // restartServer sends HUP to the server and returns once the status file

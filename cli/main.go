@@ -28,6 +28,11 @@ func Main(args []string) int {
 	if os.Getenv(listenFDsShimEnv) == "1" {
 		return listenFDsShim(args)
 	}
+	if prog == "ss-bridge" && len(args) > 1 {
+		if command, ok := commands[args[1]]; ok {
+			return command(args[2:])
+		}
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
 		return 1

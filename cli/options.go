@@ -44,6 +44,19 @@ type Options struct {
 
 	Restart, Stop, Help, Version bool
 
+	// The commands' own options (see commands.go).
+	Name           string
+	Binary         string
+	Socket         bool
+	User           bool
+	Install        bool
+	Enable         bool
+	Now            bool
+	Force          bool
+	SystemdVersion int
+	JSON           bool
+	Follow         bool
+
 	// Command is the worker's argv: what follows "--", and any non-option
 	// words before it (Getopt::Long permutes them, and so do we).
 	Command []string
@@ -137,15 +150,15 @@ var options = []option{
 
 // lookup finds an option as Getopt::Long does: case-insensitively, by its
 // full name or by a prefix that names only one option.
-func lookup(name string) (*option, error) {
+func lookup(table []option, name string) (*option, error) {
 	name = strings.ToLower(name)
 	var matches []*option
-	for i := range options {
-		if options[i].name == name {
-			return &options[i], nil
+	for i := range table {
+		if table[i].name == name {
+			return &table[i], nil
 		}
-		if strings.HasPrefix(options[i].name, name) {
-			matches = append(matches, &options[i])
+		if strings.HasPrefix(table[i].name, name) {
+			matches = append(matches, &table[i])
 		}
 	}
 	switch len(matches) {
@@ -164,6 +177,11 @@ func lookup(name string) (*option, error) {
 
 // Parse reads start_server's command line (without the program name).
 func Parse(args []string) (*Options, error) {
+	return parseWith(options, args)
+}
+
+// parseWith reads a command line with the options of table.
+func parseWith(table []option, args []string) (*Options, error) {
 	o := &Options{Interval: time.Second}
 	for i := 0; i < len(args); i++ {
 		arg := args[i]
@@ -177,7 +195,7 @@ func Parse(args []string) (*Options, error) {
 		}
 		name := strings.TrimPrefix(strings.TrimPrefix(arg, "-"), "-")
 		name, value, hasValue := strings.Cut(name, "=")
-		opt, err := lookup(name)
+		opt, err := lookup(table, name)
 		if err != nil {
 			return nil, err
 		}

@@ -1,0 +1,317 @@
+package units_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ss-bridge/ss-bridge/internal/systemdtest"
+)
+
+const module = "github.com/ss-bridge/ss-bridge"
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// run runs a command in the container and returns its combined output and
+// exit status.
+func run(t *testing.T, c *systemdtest.Container, args ...string) (string, int) {
+	t.Helper()
+	out, err := c.Exec(append([]string{"sh", "-c", `"$@" 2>&1; echo "EXIT=$?"`, "sh"}, args...)...)
+	if err != nil {
+		t.Fatalf("%q: %v", args, err)
+	}
+	i := strings.LastIndex(out, "EXIT=")
+	code, _ := strconv.Atoi(strings.TrimSpace(out[i+5:]))
+	return out[:i], code
+}
+
+var client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// get returns the generation that answered.
+func get(port string) (int, error) {
+	resp, err := client.Get("http://127.0.0.1:" + port + "/")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != 200 {
+		return 0, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	m := regexp.MustCompile(`gen=(\d+)`).FindSubmatch(body)
+	if m == nil {
+		return 0, fmt.Errorf("body %q", body)
+	}
+	return strconv.Atoi(string(m[1]))
+}
+
+// load sends requests from several clients until stopped, counting failures.
+type load struct {
+	ok, failed atomic.Int64
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	mu         sync.Mutex
+	errs       []string
+}
+
+func startLoad(port string, clients int) *load {
+	l := &load{stop: make(chan struct{})}
+	for range clients {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				if _, err := get(port); err != nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					l.errs = append(l.errs, err.Error())
+					l.mu.Unlock()
+				} else {
+					l.ok.Add(1)
+				}
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) finish(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	t.Logf("load: %d requests answered, %d failed", l.ok.Load(), l.failed.Load())
+	if l.failed.Load() > 0 {
+		t.Errorf("%d failed requests under load, e.g. %v", l.failed.Load(), l.errs[:min(3, len(l.errs))])
+	}
+	if l.ok.Load() == 0 {
+		t.Error("no request was answered")
+	}
+}
+
+func TestCommandsAgainstSystemd(t *testing.T) {
+	c := systemdtest.Boot(t)
+	bridge, err := c.BuildGo(module+"/cmd/ss-bridge", "ss-bridge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.BuildGo(module+"/internal/testworker", "testworker"); err != nil {
+		t.Fatal(err)
+	}
+	// The worker fails to start while the flag file exists.
+	script := "#!/bin/sh\n[ -e " + c.GuestPath("fail") + " ] && exit 3\nexec " + c.GuestPath("testworker") + " -ready\n"
+	if err := os.WriteFile(filepath.Join(c.HostDir(), "run-worker"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+
+	t.Run("unit --install --enable --now", func(t *testing.T) {
+		out, code := run(t, c, bridge, "unit", "--name=web", "--socket", "--port=127.0.0.1:"+port, "--ready=notify",
+			"--ready-timeout=5", "--install", "--enable", "--now", "--", c.GuestPath("run-worker"))
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+		for _, want := range []string{"installed /etc/systemd/system/web.service\n", "installed /etc/systemd/system/web.socket\n",
+			"enabled web.socket\n", "started web.socket\n"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+		if out, code := run(t, c, "systemd-analyze", "verify", "/etc/systemd/system/web.service", "/etc/systemd/system/web.socket"); code != 0 {
+			t.Errorf("systemd-analyze verify: %s", out)
+		}
+		if enabled, _ := c.Systemctl("is-enabled", "web.socket"); enabled != "enabled" {
+			t.Errorf("web.socket is %q", enabled)
+		}
+		if gen, err := get(port); err != nil || gen != 1 {
+			t.Fatalf("first request: generation %d, %v", gen, err)
+		}
+		// Installing other content over it needs --force.
+		out, code = run(t, c, bridge, "unit", "--name=web", "--socket", "--port=127.0.0.1:"+port, "--install", "--", "/bin/other")
+		if code == 0 || !strings.Contains(out, "exists and differs") || strings.Count(out, "\n") != 1 {
+			t.Errorf("overwrote without --force (exit %d): %s", code, out)
+		}
+	})
+
+	t.Run("reload under load", func(t *testing.T) {
+		l := startLoad(port, 4)
+		for want := 2; want <= 6; want++ {
+			out, code := run(t, c, bridge, "reload", "web")
+			if code != 0 || !regexp.MustCompile(fmt.Sprintf(`^web\.service reloaded: generation %d \(pid \d+\) serving\n$`, want)).MatchString(out) {
+				t.Fatalf("reload: exit %d: %q", code, out)
+			}
+			// reload returns once the new generation serves.
+			if gen, err := get(port); err != nil || gen != want {
+				t.Fatalf("after reload %d: generation %d, %v", want, gen, err)
+			}
+		}
+		l.finish(t)
+	})
+
+	t.Run("status", func(t *testing.T) {
+		out, code := run(t, c, bridge, "status", "web")
+		if code != 0 || !strings.HasPrefix(out, "web.service: active (running) since ") ||
+			!regexp.MustCompile(`(?m)^generation 6: pid \d+$`).MatchString(out) || !strings.Contains(out, "status: generation 6 (pid ") {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+		out, code = run(t, c, bridge, "status", "--json", "web")
+		var r struct {
+			Running     bool   `json:"running"`
+			ActiveState string `json:"active_state"`
+			MainPID     int    `json:"main_pid"`
+			Generations []struct{ Generation, PID int }
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil || code != 0 || !r.Running || r.ActiveState != "active" ||
+			r.MainPID == 0 || len(r.Generations) != 1 || r.Generations[0].Generation != 6 {
+			t.Fatalf("exit %d, %v: %s", code, err, out)
+		}
+	})
+
+	t.Run("a failed reload is reported", func(t *testing.T) {
+		os.WriteFile(filepath.Join(c.HostDir(), "fail"), nil, 0o644)
+		defer os.Remove(filepath.Join(c.HostDir(), "fail"))
+		out, code := run(t, c, bridge, "reload", "web")
+		if code == 0 || !strings.Contains(out, "reload failed") || strings.Count(out, "\n") != 1 {
+			t.Fatalf("exit %d: %q", code, out)
+		}
+		if gen, err := get(port); err != nil || gen != 6 {
+			t.Fatalf("the old generation stopped serving: generation %d, %v", gen, err)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		out, code := run(t, c, bridge, "reload", "nosuch")
+		if code != 1 || out != "ss-bridge: unit nosuch.service is not-found\n" {
+			t.Errorf("unknown unit: exit %d: %q", code, out)
+		}
+		out, code = run(t, c, bridge, "status", "nosuch")
+		if code != 4 || !strings.Contains(out, "not-found") {
+			t.Errorf("status of an unknown unit: exit %d: %q", code, out)
+		}
+		out, code = run(t, c, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bridge, "reload", "web")
+		if code != 1 || !strings.HasPrefix(out, "ss-bridge: reload web.service: ") || strings.Count(out, "\n") != 1 ||
+			!regexp.MustCompile(`(?i)denied|authenticat|permission`).MatchString(out) {
+			t.Errorf("unprivileged reload: exit %d: %q", code, out)
+		}
+	})
+
+	t.Run("stop", func(t *testing.T) {
+		if _, err := c.Systemctl("stop", "web.socket", "web.service"); err != nil {
+			t.Fatal(err)
+		}
+		out, code := run(t, c, bridge, "status", "web")
+		if code != 3 || !strings.HasPrefix(out, "web.service: inactive (dead)") {
+			t.Fatalf("exit %d: %q", code, out)
+		}
+		if _, err := get(port); err == nil {
+			t.Fatal("still served after stop")
+		}
+	})
+
+	t.Run("legacy unit", func(t *testing.T) {
+		port := freePort(t)
+		out, code := run(t, c, bridge, "unit", "--name=old", "--systemd-version=252", "--port=127.0.0.1:"+port,
+			"--interval=0.2", "--install", "--now", "--", c.GuestPath("testworker"))
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+		if out, code := run(t, c, "systemd-analyze", "verify", "/etc/systemd/system/old.service"); code != 0 {
+			t.Errorf("systemd-analyze verify: %s", out)
+		}
+		if gen, err := get(port); err != nil || gen != 1 {
+			t.Fatalf("generation %d, %v", gen, err)
+		}
+		out, code = run(t, c, bridge, "reload", "old")
+		if code != 0 || !strings.HasPrefix(out, "old.service reloaded: ") {
+			t.Fatalf("reload: exit %d: %q", code, out)
+		}
+		if gen, err := get(port); err != nil || gen != 2 {
+			t.Fatalf("after reload: generation %d, %v", gen, err)
+		}
+	})
+}
+
+// hostBridge builds ss-bridge for the host.
+func hostBridge(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ss-bridge")
+	if out, err := exec.Command("go", "build", "-o", bin, module+"/cmd/ss-bridge").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v: %s", err, out)
+	}
+	return bin
+}
+
+func TestBusErrorsAreQuickAndClear(t *testing.T) {
+	bin := hostBridge(t)
+	dir := t.TempDir()
+	// A bus that accepts connections and never answers.
+	silent, err := net.Listen("unix", filepath.Join(dir, "silent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			conn, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+		}
+	}()
+	for _, tc := range []struct {
+		name, bus string
+		args      []string
+		want      string
+		code      int
+		within    time.Duration
+	}{
+		{"no bus", "unix:path=" + filepath.Join(dir, "none"), []string{"reload", "web"}, "ss-bridge: connect to the system bus: ", 1, 5 * time.Second},
+		{"silent bus", "unix:path=" + filepath.Join(dir, "silent"), []string{"reload", "--timeout=1", "web"}, "ss-bridge: connect to the system bus: context deadline exceeded", 1, 5 * time.Second},
+		{"status, no bus", "unix:path=" + filepath.Join(dir, "none"), []string{"status", "web"}, "connect to the system bus: ", 4, 5 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, tc.args...)
+			cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+tc.bus)
+			start := time.Now()
+			out, _ := cmd.CombinedOutput()
+			took := time.Since(start)
+			if cmd.ProcessState.ExitCode() != tc.code || !strings.Contains(string(out), tc.want) || strings.Count(string(out), "\n") != 1 {
+				t.Errorf("exit %d: %q; want %d and %q on one line", cmd.ProcessState.ExitCode(), out, tc.code, tc.want)
+			}
+			if took > tc.within {
+				t.Errorf("took %v", took)
+			}
+		})
+	}
+}
