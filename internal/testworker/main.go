@@ -12,7 +12,8 @@
 // connections after their current response, idle ones at once) and exits 0. HUP and USR2
 // are only logged.
 //
-// Flags: -start-delay, -exit-after-start, -ignore-term, -latency, -ready (see -help).
+// Flags: -start-delay, -exit-after-start, -ignore-term, -latency, -ready, -watchdog,
+// -watchdog-once (see -help).
 package main
 
 import (
@@ -30,6 +31,7 @@ import (
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/listener"
+	"github.com/ss-bridge/ss-bridge/notify"
 )
 
 var sigNames = map[os.Signal]string{
@@ -47,6 +49,8 @@ func main() {
 	ignoreTerm := flag.Bool("ignore-term", false, "ignore SIGTERM and keep serving")
 	latency := flag.Duration("latency", 0, "time taken by every request")
 	ready := flag.Bool("ready", false, "call listener.Ready() once serving")
+	watchdog := flag.Bool("watchdog", false, "once serving, send WATCHDOG=1 to NOTIFY_SOCKET every half of WATCHDOG_USEC")
+	watchdogOnce := flag.Bool("watchdog-once", false, "once serving, send WATCHDOG=1 to NOTIFY_SOCKET once, then never again")
 	flag.Parse()
 
 	pid := os.Getpid()
@@ -122,6 +126,9 @@ func main() {
 			logf("listener.Ready: %v", err)
 		}
 	}
+	if *watchdog || *watchdogOnce {
+		startWatchdog(*watchdogOnce, logf)
+	}
 
 	ctx, drain := context.WithCancel(context.Background())
 	go func() {
@@ -149,4 +156,36 @@ func main() {
 	}
 	logf("drained, exiting")
 	os.Exit(0)
+}
+
+// startWatchdog sends WATCHDOG=1 to NOTIFY_SOCKET: once, or every half of WATCHDOG_USEC
+// from a goroutine.
+func startWatchdog(once bool, logf func(string, ...any)) {
+	m, err := notify.FromEnv()
+	if err != nil {
+		logf("notify.FromEnv: %v", err)
+		return
+	}
+	ping := func() {
+		if err := m.Watchdog(); err != nil {
+			logf("watchdog: %v", err)
+		}
+	}
+	if once {
+		ping()
+		logf("sent WATCHDOG=1 once")
+		return
+	}
+	every, ok := m.WatchdogInterval()
+	if !ok {
+		logf("watchdog: no NOTIFY_SOCKET or WATCHDOG_USEC, not pinging")
+		return
+	}
+	logf("sending WATCHDOG=1 every %v", every)
+	ping()
+	go func() {
+		for range time.Tick(every) {
+			ping()
+		}
+	}()
 }
