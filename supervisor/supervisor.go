@@ -257,6 +257,16 @@ func (cfg Config) checkCommand() error {
 func (s *Supervisor) Run(signals <-chan os.Signal) error {
 	defer s.removeStatusFile()
 	defer close(s.quit)
+	if s.sys.adopt != nil {
+		if err := s.sys.adopt(); err != nil {
+			s.logf("failed to become the reaper of orphaned worker processes: %v", err)
+		}
+	}
+	// The Go runtime makes its poller (an epoll and an eventfd descriptor)
+	// when the first timer is armed, and dies if it cannot. Make it now,
+	// while descriptors are available, rather than at the first deadline,
+	// which may come when they are exhausted (a retry after EMFILE).
+	time.AfterFunc(time.Hour, func() {}).Stop()
 	if s.cfg.Heartbeat > 0 {
 		s.beatAt = s.now()
 	}
@@ -379,6 +389,17 @@ func (s *Supervisor) spawn() error {
 			Dir:   s.cfg.Dir,
 			Env:   env.list(),
 			Files: s.cfg.Files,
+			// Workers are not left serving unnoticed when the supervisor dies
+			// without stopping them (kill -9, a crash): the kernel sends them
+			// SignalOnTERM, as our TERM would, so that they drain and exit and
+			// free the sockets for the next supervisor. (Adopting them instead
+			// would need their sockets back, which a new supervisor cannot
+			// get.) Linux sends the signal when the thread that forked exits;
+			// Go ends a thread only when a goroutine locked to it with
+			// runtime.LockOSThread exits, which never happens here, so the
+			// signal comes with the process's death. A worker that ignores
+			// the signal survives it, as it would survive our TERM.
+			Sys: &syscall.SysProcAttr{Pdeathsig: s.cfg.SignalOnTERM},
 		})
 	}
 	if err != nil && ns != nil {
@@ -570,8 +591,11 @@ func (s *Supervisor) exited(pid int, status syscall.WaitStatus) {
 		} else {
 			s.logf("old worker %d died, status:%d", pid, status)
 		}
+	default:
+		// Another child: a worker's orphaned descendant, re-parented to us
+		// (see sys.adopt), or the command of a --log-file pipe that died.
+		s.logf("process %d (not a worker) exited, status:%d", pid, status)
 	}
-	// Other children (a log pipe's command) are only reaped.
 }
 
 func (s *Supervisor) stop(name string, sig syscall.Signal) {
@@ -757,11 +781,21 @@ func (s *Supervisor) summary() string {
 	if !s.retryAt.IsZero() {
 		parts = append(parts, fmt.Sprintf("generation %d failed to start, retrying", s.generation))
 	}
-	switch n := len(s.old); {
-	case n == 1:
+	// An old generation not yet told to go still serves: a restart is under
+	// way, or its new generation failed to start.
+	draining := 0
+	for _, pid := range sortedPIDs(s.old) {
+		if w := s.old[pid]; w.sent == 0 {
+			parts = append(parts, fmt.Sprintf("generation %d (pid %d) still serving", w.gen, w.pid))
+		} else {
+			draining++
+		}
+	}
+	switch {
+	case draining == 1:
 		parts = append(parts, "1 old generation draining")
-	case n > 1:
-		parts = append(parts, fmt.Sprintf("%d old generations draining", n))
+	case draining > 1:
+		parts = append(parts, fmt.Sprintf("%d old generations draining", draining))
 	}
 	if len(parts) == 0 {
 		return "no worker running"

@@ -390,3 +390,26 @@ func TestParseSignal(t *testing.T) {
 		}
 	}
 }
+
+func TestSummaryNamesWhatServes(t *testing.T) {
+	var mu sync.Mutex
+	var last string
+	observe := func(e Event) { mu.Lock(); last = e.Summary; mu.Unlock() }
+	summary := func() string { mu.Lock(); defer mu.Unlock(); return last }
+	h := start(t, Config{Interval: 50 * time.Millisecond, Observer: observe})
+	h.waitFor("serving", func() bool { return summary() == "generation 1 (pid 101) serving" })
+	h.os.mu.Lock()
+	h.os.dieOnStart = true
+	h.os.mu.Unlock()
+	h.signal(syscall.SIGHUP)
+	h.waitFor("a failed start", func() bool {
+		return summary() == "generation 2 failed to start, retrying; generation 1 (pid 101) still serving"
+	})
+	h.os.mu.Lock()
+	h.os.dieOnStart = false
+	h.os.mu.Unlock()
+	h.signal(syscall.SIGHUP)
+	h.waitFor("the new one serving", func() bool {
+		return strings.HasPrefix(summary(), "generation 3 (pid 10") && strings.HasSuffix(summary(), ") serving; 1 old generation draining")
+	})
+}

@@ -17,6 +17,10 @@ type sys struct {
 	// reap collects one exited child without blocking; ok is false when none
 	// has exited.
 	reap func() (pid int, status syscall.WaitStatus, ok bool)
+	// adopt, when set, makes this process the reaper of its descendants'
+	// orphans, so that a worker's children outliving it are reaped (and
+	// reported) by the supervisor instead of init.
+	adopt func() error
 }
 
 var realSys = sys{
@@ -25,6 +29,7 @@ var realSys = sys{
 	// would clear O_NONBLOCK for every holder), and no pidfd is opened.
 	spawn: syscall.ForkExec,
 	kill:  unix.Kill,
+	adopt: func() error { return unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
 	reap: func() (int, syscall.WaitStatus, bool) {
 		for {
 			var ws unix.WaitStatus
