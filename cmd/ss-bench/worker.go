@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ss-bridge/ss-bridge/listener"
+)
+
+// workerMain is the benchmark's worker, run as "ss-bench worker [flags]" by
+// the superdaemon under test. It serves HTTP on every stream socket in
+// SERVER_STARTER_PORT, answering "pid=<pid> gen=<generation>\n" after the
+// configured latency, and drains losslessly on SIGTERM or SIGINT with
+// listener.ServeHTTP (http.Server.Shutdown can close a connection whose
+// request it has not read yet, which would count against the superdaemon).
+// HUP and USR2 are ignored, so that --signal-on-hup=USR2 keeps old
+// generations alive. With -events it appends "<pid> <event> <unix ns>" lines
+// (start, ready, term, exit) to a file, for timings the load cannot see.
+func workerMain(args []string) int {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	latency := fs.Duration("latency", 0, "time taken by every request")
+	startDelay := fs.Duration("start-delay", 0, "sleep this long before serving")
+	ready := fs.Bool("ready", false, "send READY=1 to $NOTIFY_SOCKET once serving")
+	events := fs.String("events", "", "append timestamped events to this file")
+	grace := fs.Duration("idle-grace", 0, "on SIGTERM, stop accepting at once but answer with \"Connection: close\" for up to this long, while connections are open, before listener.ServeHTTP closes the idle keep-alive connections")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	pid := os.Getpid()
+	event := func(name string) {
+		if *events == "" {
+			return
+		}
+		f, err := os.OpenFile(*events, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return
+		}
+		// One write of a short line with O_APPEND: lines of concurrent
+		// workers never mix.
+		fmt.Fprintf(f, "%d %s %d\n", pid, name, time.Now().UnixNano())
+		f.Close()
+	}
+	event("start")
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
+	time.Sleep(*startDelay)
+
+	lns, err := listener.Streams()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench worker %d: %v\n", pid, err)
+		return 1
+	}
+	// A gate in front of every listener stops accepting at SIGTERM, before
+	// listener.ServeHTTP closes the listeners itself.
+	gates := make([]net.Listener, len(lns))
+	for i, ln := range lns {
+		gates[i] = &gate{Listener: ln, closed: make(chan struct{})}
+	}
+	var draining atomic.Bool
+	var open atomic.Int64 // connections accepted and not closed
+	body := []byte(fmt.Sprintf("pid=%d gen=%s\n", pid, os.Getenv("SERVER_STARTER_GENERATION")))
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if *latency > 0 {
+				time.Sleep(*latency)
+			}
+			if draining.Load() {
+				w.Header().Set("Connection", "close")
+			}
+			w.Header().Set("Content-Type", "text/plain")
+			w.Write(body)
+		}),
+		ReadHeaderTimeout: 30 * time.Second,
+		ConnState: func(c net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				open.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				open.Add(-1)
+			}
+		},
+	}
+	ctx, drain := context.WithCancel(context.Background())
+	go func() {
+		for sig := range sigs {
+			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+				event("term")
+				if *grace > 0 {
+					// listener.ServeHTTP closes idle keep-alive connections at
+					// once, and so loses a request a client sends on one at
+					// that moment. Busy clients first get their
+					// "Connection: close" and move to a new connection.
+					for _, g := range gates {
+						g.(*gate).shut()
+					}
+					draining.Store(true)
+					for end := time.Now().Add(*grace); open.Load() > 0 && time.Now().Before(end); {
+						time.Sleep(time.Millisecond)
+					}
+				}
+				drain()
+				return
+			}
+		}
+	}()
+	event("ready")
+	if *ready {
+		if err := listener.Ready(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench worker %d: %v\n", pid, err)
+		}
+	}
+	if err := listener.ServeHTTP(ctx, srv, gates, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "bench worker %d: %v\n", pid, err)
+		event("exit")
+		return 1
+	}
+	event("exit")
+	return 0
+}
+
+// gate is a listener that can stop accepting (shut) before it is closed:
+// Accept then blocks until Close, as if no connection came.
+type gate struct {
+	net.Listener
+	shutting atomic.Bool
+	once     sync.Once
+	closed   chan struct{}
+}
+
+func (g *gate) Accept() (net.Conn, error) {
+	c, err := g.Listener.Accept()
+	if err != nil && g.shutting.Load() {
+		<-g.closed
+	}
+	return c, err
+}
+
+func (g *gate) shut() {
+	g.shutting.Store(true)
+	g.Listener.Close()
+}
+
+func (g *gate) Close() error {
+	g.once.Do(func() { close(g.closed) })
+	return g.Listener.Close()
+}
