@@ -11,21 +11,39 @@ import (
 	"time"
 )
 
+// KeepAliveGrace is how long ServeHTTP answers with "Connection: close"
+// before it closes idle keep-alive connections.
+const KeepAliveGrace = 100 * time.Millisecond
+
 // ServeHTTP serves srv on every listener until ctx is done, then drains
 // without losing a request, and returns nil once every connection it accepted
 // has been answered and closed. Workers call it with a context that SIGTERM
 // cancels.
 //
 // It drains as http.Server.Shutdown cannot: Shutdown closes a connection
-// whose request is read after the shutdown began without an answer. Here
-// keep-alive is turned off (idle connections close at once, busy ones after
-// their current response), the listeners are closed (connections not yet
-// accepted stay queued in the socket, which ss-bridge keeps for the next
-// generation) and every accepted connection is waited for. After drainTimeout
-// (0: no limit) the remaining connections are closed and an error says how
-// many. It returns at once with the error if a listener fails before ctx is
-// done. It sets srv.ConnState, calling the one already there.
+// whose request is read after the shutdown began without an answer. Here the
+// listeners are closed (connections not yet accepted stay queued in the
+// socket, which ss-bridge keeps for the next generation); for KeepAliveGrace
+// every response says "Connection: close", so that busy keep-alive clients
+// move to a new connection after their next answer rather than having an
+// idle connection closed under a request they are sending; then keep-alive
+// is turned off, closing the idle connections, and every accepted connection
+// is waited for. After drainTimeout (0: no limit) the remaining connections
+// are closed and an error says how many. It returns at once with the error
+// if a listener fails before ctx is done. It wraps srv.Handler and
+// srv.ConnState, calling the ones already there.
 func ServeHTTP(ctx context.Context, srv *http.Server, lns []net.Listener, drainTimeout time.Duration) error {
+	var draining atomic.Bool
+	handler := srv.Handler
+	if handler == nil {
+		handler = http.DefaultServeMux
+	}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		handler.ServeHTTP(w, r)
+	})
 	var open atomic.Int64
 	previous := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
@@ -39,7 +57,6 @@ func ServeHTTP(ctx context.Context, srv *http.Server, lns []net.Listener, drainT
 			previous(c, st)
 		}
 	}
-	var draining atomic.Bool
 	failed := make(chan error, len(lns))
 	var serving sync.WaitGroup
 	for _, ln := range lns {
@@ -57,7 +74,6 @@ func ServeHTTP(ctx context.Context, srv *http.Server, lns []net.Listener, drainT
 	case err = <-failed:
 	}
 	draining.Store(true)
-	srv.SetKeepAlivesEnabled(false)
 	for _, ln := range lns {
 		ln.Close()
 	}
@@ -70,8 +86,16 @@ func ServeHTTP(ctx context.Context, srv *http.Server, lns []net.Listener, drainT
 	if drainTimeout > 0 {
 		deadline = time.After(drainTimeout)
 	}
-	tick := time.NewTicker(5 * time.Millisecond)
+	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
+	grace := KeepAliveGrace
+	if drainTimeout > 0 {
+		grace = min(grace, drainTimeout)
+	}
+	for end := time.Now().Add(grace); open.Load() > 0 && time.Now().Before(end); {
+		<-tick.C
+	}
+	srv.SetKeepAlivesEnabled(false)
 	for open.Load() > 0 {
 		select {
 		case <-deadline:

@@ -80,3 +80,42 @@ func TestServeHTTPDrainTimeout(t *testing.T) {
 		t.Fatalf("got %v, want the drain timeout", err)
 	}
 }
+
+func TestServeHTTPAnswersKeepAliveRequestsDuringTheGrace(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ServeHTTP(ctx, srv, []net.Listener{ln}, 5*time.Second) }()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	ask := func() (*http.Response, error) {
+		fmt.Fprint(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(r, nil)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	if resp, err := ask(); err != nil || resp.Close {
+		t.Fatalf("first request: %v (close %v)", err, resp != nil && resp.Close)
+	}
+	// The connection is idle in keep-alive when the drain begins; the
+	// client's next request must still be answered, and told to go.
+	cancel()
+	time.Sleep(KeepAliveGrace / 4)
+	resp, err := ask()
+	if err != nil || resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("request on an idle keep-alive connection during the drain: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -180,7 +180,7 @@ func TestMaxGap(t *testing.T) {
 }
 
 func TestHUPUnderLoad(t *testing.T) {
-	p := Params{Runs: 2, Rate: 400, Conns: 4, Latency: time.Millisecond, Grace: 50 * time.Millisecond}
+	p := Params{Runs: 2, Rate: 400, Conns: 4, Latency: time.Millisecond}
 	b := Binary{Name: "ss-bridge", Path: testBridge, Notify: true}
 	for _, cfg := range []hupConfig{hupConfigs()[1], hupConfigs()[2]} { // --interval=0, --ready=notify
 		for _, ka := range []bool{false, true} {

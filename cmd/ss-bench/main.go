@@ -52,7 +52,6 @@ func benchMain(args []string, stdout io.Writer) int {
 	rate := fs.Float64("rate", 2500, "load: requests per second offered")
 	conns := fs.Int("conns", 8, "load: concurrent connections")
 	latency := fs.Duration("latency", time.Millisecond, "the worker's latency per request")
-	grace := fs.Duration("idle-grace", 50*time.Millisecond, "the worker's keep-alive grace on SIGTERM (0: listener.ServeHTTP alone, which closes idle keep-alive connections at once)")
 	window := fs.Duration("window", 5*time.Second, "how long idle and loaded usage is measured")
 	restarts := fs.Int("restarts", 10000, "consecutive restarts in the scale scenario")
 	sockets := fs.Int("sockets", 1000, "listening sockets in the scale scenario")
@@ -83,7 +82,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	if len(anchors) == 0 {
 		anchors = anchorFlag{{Name: "perl-0.35", Path: "/usr/bin/start_server"}}
 	}
-	p := Params{Runs: max(1, *runs), Rate: *rate, Conns: *conns, Latency: *latency, Grace: *grace, Window: *window,
+	p := Params{Runs: max(1, *runs), Rate: *rate, Conns: *conns, Latency: *latency, Window: *window,
 		Restarts: *restarts, Sockets: *sockets, Churn: max(2, *churn), Verbose: *verbose}
 	for _, m := range strings.Split(*keepAlive, ",") {
 		switch strings.TrimSpace(m) {
@@ -176,10 +175,10 @@ func conditions(bins []Binary, p Params, quick bool, args []string, took time.Du
 	if quick {
 		mode = " -quick;"
 	}
-	return fmt.Sprintf("%d cores (%s), Linux %s, %s;%s %s; load %.0f req/s offered over %d connections, worker latency %v, idle grace %v; "+
+	return fmt.Sprintf("%d cores (%s), Linux %s, %s;%s %s; load %.0f req/s offered over %d connections, worker latency %v; "+
 		"medians over %d repetitions; usage windows %v; %d restarts, %d sockets, %d churned generations; `ss-bench %s`; took %v",
 		runtime.NumCPU(), cpu, strings.TrimSpace(string(kernel)), runtime.Version(), mode, strings.Join(versions, ", "),
-		p.Rate, p.Conns, p.Latency, p.Grace, p.Runs, p.Window, p.Restarts, p.Sockets, p.Churn, strings.Join(args, " "), took.Round(time.Second))
+		p.Rate, p.Conns, p.Latency, p.Runs, p.Window, p.Restarts, p.Sockets, p.Churn, strings.Join(args, " "), took.Round(time.Second))
 }
 
 // failedOf reads the number of failed requests at the start of a figure

@@ -14,7 +14,6 @@ type Params struct {
 	Rate     float64       // load, requests per second
 	Conns    int           // load, concurrent connections
 	Latency  time.Duration // the worker's per-request latency
-	Grace    time.Duration // the worker's -idle-grace
 	Window   time.Duration // how long idle and loaded usage is measured
 	Restarts int           // consecutive restarts in the scale scenario
 	Sockets  int           // listening sockets in the scale scenario
@@ -28,7 +27,7 @@ func (p Params) load(addr string, keepAlive bool) LoadConfig {
 }
 
 func (p Params) worker(extra ...string) []string {
-	return append([]string{"-latency=" + p.Latency.String(), "-idle-grace=" + p.Grace.String()}, extra...)
+	return append([]string{"-latency=" + p.Latency.String()}, extra...)
 }
 
 func modeName(keepAlive bool) string {

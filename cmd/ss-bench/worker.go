@@ -4,12 +4,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,7 +28,6 @@ func workerMain(args []string) int {
 	startDelay := fs.Duration("start-delay", 0, "sleep this long before serving")
 	ready := fs.Bool("ready", false, "send READY=1 to $NOTIFY_SOCKET once serving")
 	events := fs.String("events", "", "append timestamped events to this file")
-	grace := fs.Duration("idle-grace", 0, "on SIGTERM, stop accepting at once but answer with \"Connection: close\" for up to this long, while connections are open, before listener.ServeHTTP closes the idle keep-alive connections")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -59,54 +55,22 @@ func workerMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "bench worker %d: %v\n", pid, err)
 		return 1
 	}
-	// A gate in front of every listener stops accepting at SIGTERM, before
-	// listener.ServeHTTP closes the listeners itself.
-	gates := make([]net.Listener, len(lns))
-	for i, ln := range lns {
-		gates[i] = &gate{Listener: ln, closed: make(chan struct{})}
-	}
-	var draining atomic.Bool
-	var open atomic.Int64 // connections accepted and not closed
 	body := []byte(fmt.Sprintf("pid=%d gen=%s\n", pid, os.Getenv("SERVER_STARTER_GENERATION")))
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if *latency > 0 {
 				time.Sleep(*latency)
 			}
-			if draining.Load() {
-				w.Header().Set("Connection", "close")
-			}
 			w.Header().Set("Content-Type", "text/plain")
 			w.Write(body)
 		}),
 		ReadHeaderTimeout: 30 * time.Second,
-		ConnState: func(c net.Conn, st http.ConnState) {
-			switch st {
-			case http.StateNew:
-				open.Add(1)
-			case http.StateClosed, http.StateHijacked:
-				open.Add(-1)
-			}
-		},
 	}
 	ctx, drain := context.WithCancel(context.Background())
 	go func() {
 		for sig := range sigs {
 			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
 				event("term")
-				if *grace > 0 {
-					// listener.ServeHTTP closes idle keep-alive connections at
-					// once, and so loses a request a client sends on one at
-					// that moment. Busy clients first get their
-					// "Connection: close" and move to a new connection.
-					for _, g := range gates {
-						g.(*gate).shut()
-					}
-					draining.Store(true)
-					for end := time.Now().Add(*grace); open.Load() > 0 && time.Now().Before(end); {
-						time.Sleep(time.Millisecond)
-					}
-				}
 				drain()
 				return
 			}
@@ -118,38 +82,11 @@ func workerMain(args []string) int {
 			fmt.Fprintf(os.Stderr, "bench worker %d: %v\n", pid, err)
 		}
 	}
-	if err := listener.ServeHTTP(ctx, srv, gates, 0); err != nil {
+	if err := listener.ServeHTTP(ctx, srv, lns, 0); err != nil {
 		fmt.Fprintf(os.Stderr, "bench worker %d: %v\n", pid, err)
 		event("exit")
 		return 1
 	}
 	event("exit")
 	return 0
-}
-
-// gate is a listener that can stop accepting (shut) before it is closed:
-// Accept then blocks until Close, as if no connection came.
-type gate struct {
-	net.Listener
-	shutting atomic.Bool
-	once     sync.Once
-	closed   chan struct{}
-}
-
-func (g *gate) Accept() (net.Conn, error) {
-	c, err := g.Listener.Accept()
-	if err != nil && g.shutting.Load() {
-		<-g.closed
-	}
-	return c, err
-}
-
-func (g *gate) shut() {
-	g.shutting.Store(true)
-	g.Listener.Close()
-}
-
-func (g *gate) Close() error {
-	g.once.Do(func() { close(g.closed) })
-	return g.Listener.Close()
 }
