@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"github.com/ss-bridge/ss-bridge/units"
 	"golang.org/x/sys/unix"
 )
@@ -411,44 +412,24 @@ func statusFileGenerations(path string) []generation {
 }
 
 // workerGenerations finds the children of pid that are workers, with their
-// SERVER_STARTER_GENERATION, in /proc.
+// SERVER_STARTER_GENERATION.
 func workerGenerations(pid int) []generation {
-	entries, _ := os.ReadDir("/proc")
 	var gens []generation
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil || parentOf(child) != pid {
-			continue
-		}
-		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", child))
+	for _, child := range proc.Children(pid) {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", child.PID))
 		if err != nil {
 			continue
 		}
 		for _, kv := range strings.Split(string(env), "\x00") {
 			if v, ok := strings.CutPrefix(kv, "SERVER_STARTER_GENERATION="); ok {
 				if g, err := strconv.Atoi(v); err == nil {
-					gens = append(gens, generation{g, child})
+					gens = append(gens, generation{g, child.PID})
 				}
 			}
 		}
 	}
 	sort.Slice(gens, func(i, j int) bool { return gens[i].Generation < gens[j].Generation })
 	return gens
-}
-
-// parentOf reads a process's parent from /proc/PID/stat, or -1.
-func parentOf(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return -1
-	}
-	// The command name may hold spaces and parentheses: skip past the last ')'.
-	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(fields) < 2 {
-		return -1
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
 }
 
 func unitStatus(o *Options, unit string) (report, int) {
@@ -531,7 +512,7 @@ func killServer(pid int, statusFile string) {
 		unix.Kill(g.PID, unix.SIGKILL)
 	}
 	for _, g := range statusFileGenerations(statusFile) {
-		if parentOf(g.PID) == pid {
+		if proc.Parent(g.PID) == pid {
 			unix.Kill(g.PID, unix.SIGKILL)
 		}
 	}

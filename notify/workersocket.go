@@ -1,17 +1,16 @@
 package notify
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"golang.org/x/sys/unix"
 )
 
@@ -269,31 +268,11 @@ func descends(pid, worker int) bool {
 		if pid <= 1 {
 			return false
 		}
-		ppid, err := parentOf(pid)
-		if err != nil {
+		if pid = proc.Parent(pid); pid < 0 {
 			return false
 		}
-		pid = ppid
 	}
 	return false
-}
-
-// parentOf reads a process's parent pid from /proc/PID/stat, whose second
-// field, the command name in parentheses, may itself hold spaces and ')'.
-func parentOf(pid int) (int, error) {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	fields := strings.Fields(string(stat[i+1:]))
-	if len(fields) < 2 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	return strconv.Atoi(fields[1])
 }
 
 func parse(pid int, data []byte) Message {

@@ -313,34 +313,6 @@ func TestCloseDoesNotWaitForAReader(t *testing.T) {
 	}
 }
 
-func TestParentOfReadsStatWithAnAwkwardCommandName(t *testing.T) {
-	if ppid, err := parentOf(os.Getpid()); err != nil || ppid != os.Getppid() {
-		t.Fatalf("parentOf(self) = %d, %v; want %d", ppid, err, os.Getppid())
-	}
-	// A command name with ") R 1 (" fools a parser that looks for the first ')'.
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip(err)
-	}
-	awkward := filepath.Join(t.TempDir(), "x) R 1 (y")
-	if err := os.Symlink(sleep, awkward); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(awkward, "10")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if ppid, err := parentOf(cmd.Process.Pid); err == nil && ppid == os.Getpid() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("parentOf never found the test process")
-}
-
 func TestListenRefusesADirectoryTooDeepForASocket(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 100))
 	if err := os.Mkdir(dir, 0o700); err != nil {

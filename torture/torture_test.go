@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"io"
 	"net"
 	"net/http"
@@ -259,61 +260,15 @@ func waitServing(t *testing.T, port, gen int, timeout time.Duration) (pid, got i
 	return 0, 0
 }
 
-type procStat struct {
-	ppid  int
-	state byte
-	ticks int64 // utime + stime
-}
-
-func readStat(pid int) (procStat, bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return procStat{}, false
-	}
-	s := string(data)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return procStat{}, false
-	}
-	st := procStat{state: f[0][0]}
-	st.ppid, _ = strconv.Atoi(f[1])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	stt, _ := strconv.ParseInt(f[12], 10, 64)
-	st.ticks = ut + stt
-	return st, true
-}
-
-func alive(pid int) bool {
-	st, ok := readStat(pid)
-	return ok && st.state != 'Z'
-}
-
-func waitDead(pid int, timeout time.Duration) bool {
-	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if !alive(pid) {
-			return true
-		}
-	}
-	return !alive(pid)
-}
-
 // cpuTicks is the CPU time (user + system, in clock ticks of 10 ms) pid has
 // used.
 func cpuTicks(t *testing.T, pid int) int64 {
 	t.Helper()
-	st, ok := readStat(pid)
+	st, ok := proc.ReadStat(pid)
 	if !ok {
 		t.Fatalf("process %d is gone", pid)
 	}
-	return st.ticks
-}
-
-func fdCount(pid int) int {
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return -1
-	}
-	return len(ents)
+	return st.Ticks
 }
 
 // children returns the pids whose parent is pid, and how many of them are
@@ -325,9 +280,9 @@ func children(pid int) (pids []int, zombies int) {
 		if err != nil {
 			continue
 		}
-		if st, ok := readStat(n); ok && st.ppid == pid {
+		if st, ok := proc.ReadStat(n); ok && st.PPID == pid {
 			pids = append(pids, n)
-			if st.state == 'Z' {
+			if st.State == 'Z' {
 				zombies++
 			}
 		}
@@ -420,7 +375,7 @@ func TestCrashingWorker(t *testing.T) {
 		if pid, _ := waitServing(t, port, 2, 10*time.Second); pid == oldPID {
 			t.Errorf("the old worker still answers")
 		}
-		if !waitDead(oldPID, 5*time.Second) {
+		if !proc.WaitDead(oldPID, 5*time.Second) {
 			t.Errorf("old worker %d still runs", oldPID)
 		}
 	})
@@ -453,7 +408,7 @@ func TestWorkerIgnoringTERM(t *testing.T) {
 	if took := time.Since(term); took < 500*time.Millisecond || took > 3*time.Second {
 		t.Errorf("bridge exited %v after TERM, want about 0.5s", took)
 	}
-	if alive(current) {
+	if proc.Alive(current) {
 		t.Errorf("worker %d survived", current)
 	}
 	b.waitLine(time.Second, fmt.Sprintf(`^worker %d died, status:9$`, current), 1)
@@ -474,7 +429,7 @@ func TestWorkerLeavingChildren(t *testing.T) {
 	adopted := 0
 	for _, k := range kids {
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", k))
-		if alive(k) && (bytes.HasPrefix(cmdline, []byte("sh")) || bytes.HasPrefix(cmdline, []byte("sleep"))) {
+		if proc.Alive(k) && (bytes.HasPrefix(cmdline, []byte("sh")) || bytes.HasPrefix(cmdline, []byte("sleep"))) {
 			adopted++
 		}
 	}
@@ -514,7 +469,7 @@ func TestBridgeKilled(t *testing.T) {
 	}
 	syscall.Kill(b.pid, syscall.SIGKILL)
 	<-b.done
-	if !waitDead(worker, 5*time.Second) {
+	if !proc.WaitDead(worker, 5*time.Second) {
 		t.Fatalf("worker %d still runs 5s after the bridge was killed", worker)
 	}
 	if !strings.Contains(b.log.String(), fmt.Sprintf("worker %d got TERM", worker)) {
@@ -550,7 +505,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 	if err := unix.Prlimit(b.pid, unix.RLIMIT_NOFILE, nil, &orig); err != nil {
 		t.Fatal(err)
 	}
-	n := uint64(fdCount(b.pid))
+	n := uint64(proc.FDCount(b.pid))
 	if err := unix.Prlimit(b.pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: orig.Max}, nil); err != nil {
 		t.Fatalf("prlimit: %v", err)
 	}
@@ -616,7 +571,7 @@ func TestStatusFileDiskFull(t *testing.T) {
 	if newPID == oldPID {
 		t.Fatal("old worker still answers")
 	}
-	if !waitDead(oldPID, 5*time.Second) {
+	if !proc.WaitDead(oldPID, 5*time.Second) {
 		t.Errorf("old worker %d still runs", oldPID)
 	}
 	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
@@ -649,7 +604,7 @@ func TestHUPStorm(t *testing.T) {
 	b := startBridge(t, fmt.Sprintf("--port=127.0.0.1:%d", port), "--interval=0.2", "--status-file="+status, "--", workerBin)
 	waitServing(t, port, 1, 10*time.Second)
 	time.Sleep(300 * time.Millisecond)
-	fds := fdCount(b.pid)
+	fds := proc.FDCount(b.pid)
 
 	t0 := time.Now()
 	// Two at a time, a millisecond apart: most are delivered one by one
@@ -701,11 +656,11 @@ func TestHUPStorm(t *testing.T) {
 	if len(kids) != 1 || kids[0] != pid || zombies != 0 {
 		t.Errorf("bridge's children %v (%d zombies), want only %d", kids, zombies, pid)
 	}
-	if n := fdCount(b.pid); n != fds {
+	if n := proc.FDCount(b.pid); n != fds {
 		t.Errorf("bridge holds %d descriptors, %d before the storm", n, fds)
 	}
 	for _, m := range b.matches(`^starting new worker (\d+)$`) {
-		if p, _ := strconv.Atoi(m[1]); p != pid && alive(p) {
+		if p, _ := strconv.Atoi(m[1]); p != pid && proc.Alive(p) {
 			t.Errorf("old worker %d still runs", p)
 		}
 	}

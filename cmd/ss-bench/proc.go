@@ -1,8 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -10,70 +10,13 @@ import (
 	"time"
 )
 
-// procStat is what the benchmark reads of a process in /proc.
-type procStat struct {
-	ppid  int
-	state byte
-	ticks int64 // utime+stime of every thread, in clock ticks
-}
-
-func readStat(pid int) (procStat, bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return procStat{}, false
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return procStat{}, false
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return procStat{}, false
-	}
-	st := procStat{state: f[0][0]}
-	st.ppid, _ = strconv.Atoi(f[1])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	stt, _ := strconv.ParseInt(f[12], 10, 64)
-	st.ticks = ut + stt
-	return st, true
-}
-
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	st, ok := readStat(pid)
-	return ok && st.state != 'Z'
-}
-
-// statusField returns a numeric field of /proc/pid/status ("VmRSS" in kB,
-// "Threads").
-func statusField(path, name string) (int64, bool) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+":"); ok {
-			fs := strings.Fields(v)
-			if len(fs) == 0 {
-				return 0, false
-			}
-			n, err := strconv.ParseInt(fs[0], 10, 64)
-			return n, err == nil
-		}
-	}
-	return 0, false
-}
-
 func rssKB(pid int) int64 {
-	n, _ := statusField(fmt.Sprintf("/proc/%d/status", pid), "VmRSS")
+	n, _ := proc.StatusField(fmt.Sprintf("/proc/%d/status", pid), "VmRSS")
 	return n
 }
 
 func threads(pid int) int64 {
-	n, _ := statusField(fmt.Sprintf("/proc/%d/status", pid), "Threads")
+	n, _ := proc.StatusField(fmt.Sprintf("/proc/%d/status", pid), "Threads")
 	return n
 }
 
@@ -90,10 +33,10 @@ func readUsage(pid int) usage {
 	u := usage{at: time.Now()}
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
 	for _, t := range tasks {
-		if v, ok := statusField(t+"/status", "voluntary_ctxt_switches"); ok {
+		if v, ok := proc.StatusField(t+"/status", "voluntary_ctxt_switches"); ok {
 			u.vol += v
 		}
-		if v, ok := statusField(t+"/status", "nonvoluntary_ctxt_switches"); ok {
+		if v, ok := proc.StatusField(t+"/status", "nonvoluntary_ctxt_switches"); ok {
 			u.invol += v
 		}
 		// schedstat: time on CPU in ns, more precise than stat's ticks.
@@ -105,8 +48,8 @@ func readUsage(pid int) usage {
 		}
 	}
 	if u.cpu == 0 {
-		if st, ok := readStat(pid); ok {
-			u.cpu = time.Duration(st.ticks) * 10 * time.Millisecond
+		if st, ok := proc.ReadStat(pid); ok {
+			u.cpu = time.Duration(st.Ticks) * 10 * time.Millisecond
 		}
 	}
 	return u
@@ -122,19 +65,11 @@ func rates(a, b usage) (cpuPerSec time.Duration, switchesPerSec float64) {
 	return time.Duration(float64(b.cpu-a.cpu) / d), float64(b.vol+b.invol-a.vol-a.invol) / d
 }
 
-func fdCount(pid int) int {
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return -1
-	}
-	return len(ents)
-}
-
 // zombies counts pid's children that are zombies.
 func zombies(pid int) int {
 	n := 0
 	for _, c := range children(pid) {
-		if st, ok := readStat(c); ok && st.state == 'Z' {
+		if st, ok := proc.ReadStat(c); ok && st.State == 'Z' {
 			n++
 		}
 	}
@@ -159,7 +94,7 @@ func children(pid int) []int {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		if n, err := strconv.Atoi(e.Name()); err == nil {
-			if st, ok := readStat(n); ok && st.ppid == pid {
+			if st, ok := proc.ReadStat(n); ok && st.PPID == pid {
 				out = append(out, n)
 			}
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"os"
 	"strings"
 	"syscall"
@@ -116,7 +117,7 @@ func runHUP(b Binary, cfg hupConfig, keepAlive bool, p Params) (hupStats, error)
 		deadline := rd.t0.Add(20 * time.Second)
 		for rd.statusAt.IsZero() || rd.oldGone.IsZero() {
 			now := time.Now()
-			if rd.oldGone.IsZero() && !alive(pid) {
+			if rd.oldGone.IsZero() && !proc.Alive(pid) {
 				rd.oldGone = now
 			}
 			if rd.statusAt.IsZero() {
@@ -546,7 +547,7 @@ func runSockets(b Binary, p Params, res *Results, sc string) error {
 	}
 	res.Add(sc, "restart: HUP → status file shows only the new generation", Ms, b.Name, medianMs(restart))
 	res.Add(sc, "restart: HUP → new generation answers on the last socket", Ms, b.Name, medianMs(serve))
-	res.Add(sc, "descriptors open in the superdaemon", Count, b.Name, float64(fdCount(in.PID)))
+	res.Add(sc, "descriptors open in the superdaemon", Count, b.Name, float64(proc.FDCount(in.PID)))
 	res.Add(sc, "RSS", MB, b.Name, float64(rssKB(in.PID))/1024)
 	d, err := in.Stop(30 * time.Second)
 	if err != nil {
@@ -570,7 +571,7 @@ func runRestarts(b Binary, p Params, res *Results, sc string) error {
 		return err
 	}
 	time.Sleep(200 * time.Millisecond)
-	fd0, rss0 := fdCount(in.PID), rssKB(in.PID)
+	fd0, rss0 := proc.FDCount(in.PID), rssKB(in.PID)
 	maxZ, maxFD, maxRSS := 0, fd0, rss0
 	var rss10 int64 // after a tenth of the restarts
 	var each []time.Duration
@@ -598,14 +599,14 @@ func runRestarts(b Binary, p Params, res *Results, sc string) error {
 		}
 		if i%every == 0 {
 			maxZ = max(maxZ, zombies(in.PID))
-			maxFD = max(maxFD, fdCount(in.PID))
+			maxFD = max(maxFD, proc.FDCount(in.PID))
 			maxRSS = max(maxRSS, rssKB(in.PID))
-			vlogf(p, "%s: %d restarts, fds %d, RSS %d kB", b.Name, i, fdCount(in.PID), rssKB(in.PID))
+			vlogf(p, "%s: %d restarts, fds %d, RSS %d kB", b.Name, i, proc.FDCount(in.PID), rssKB(in.PID))
 		}
 	}
 	total := time.Since(t)
 	time.Sleep(500 * time.Millisecond)
-	fd1, rss1, z1 := fdCount(in.PID), rssKB(in.PID), zombies(in.PID)
+	fd1, rss1, z1 := proc.FDCount(in.PID), rssKB(in.PID), zombies(in.PID)
 	if _, err := in.WaitServing(in.Addr, g, 5*time.Second); err != nil {
 		return err
 	}
@@ -675,7 +676,7 @@ func runChurn(b Binary, p Params, res *Results, sc string) error {
 	}
 	live := 0
 	for _, pid := range gens {
-		if alive(pid) {
+		if proc.Alive(pid) {
 			live++
 		}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"net"
 	"os"
 	"path/filepath"
@@ -340,7 +341,7 @@ func TestNonblockPreserved(t *testing.T) {
 		t.Errorf("after starting worker 2 the shared socket's flags are %#o: O_NONBLOCK was cleared", flags)
 	}
 	sig := b.waitLine(3*time.Second, fmt.Sprintf(`^worker %d got TERM$`, w1), 1)
-	if !waitDead(w1, 2*time.Second) {
+	if !proc.WaitDead(w1, 2*time.Second) {
 		t.Fatalf("old worker %d still alive 2s after its TERM (stuck in accept?)", w1)
 	}
 	died := b.waitLine(2*time.Second, fmt.Sprintf(`^old worker %d died, status:0$`, w1), 1)

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"net"
 	"os"
 	"path/filepath"
@@ -97,10 +98,10 @@ func TestPidFile(t *testing.T) {
 		t.Errorf("--stop exited %d; stderr %q", res.code, res.stderr)
 	}
 	// --stop returns only once the server has exited
-	if st, ok := readStat(b.pid); ok && st.state != 'Z' {
-		t.Errorf("--stop returned while the bridge %d is still running (state %c)", b.pid, st.state)
+	if st, ok := proc.ReadStat(b.pid); ok && st.State != 'Z' {
+		t.Errorf("--stop returned while the bridge %d is still running (state %c)", b.pid, st.State)
 	}
-	if alive(w) {
+	if proc.Alive(w) {
 		t.Errorf("--stop returned while worker %d is still running", w)
 	}
 	if fileExists(sock) {
@@ -173,7 +174,7 @@ func TestRestartCommand(t *testing.T) {
 	if string(data) != statusLine(2, w2) {
 		t.Errorf("when --restart returned the status file was %q, want %q", data, statusLine(2, w2))
 	}
-	if alive(w1) {
+	if proc.Alive(w1) {
 		t.Errorf("--restart returned while the old worker %d is alive", w1)
 	}
 	if pid, gen, err := getPidGen(addr); err != nil || gen != 2 || pid != w2 {
@@ -376,9 +377,9 @@ func TestDaemonize(t *testing.T) {
 	t.Cleanup(func() {
 		if daemon > 0 {
 			workers := descendants(daemon)
-			if alive(daemon) {
+			if proc.Alive(daemon) {
 				syscall.Kill(daemon, syscall.SIGTERM)
-				if !waitDead(daemon, 5*time.Second) {
+				if !proc.WaitDead(daemon, 5*time.Second) {
 					syscall.Kill(daemon, syscall.SIGKILL)
 				}
 			}
@@ -406,15 +407,15 @@ func TestDaemonize(t *testing.T) {
 	if daemon == res.pid {
 		t.Errorf("the pid file holds the parent's pid %d, not the daemon's", daemon)
 	}
-	st, ok := readStat(daemon)
-	if !ok || st.state == 'Z' {
+	st, ok := proc.ReadStat(daemon)
+	if !ok || st.State == 'Z' {
 		t.Fatalf("daemon %d is not running", daemon)
 	}
-	if st.sid == daemon {
-		t.Errorf("daemon %d is a session leader (sid %d); want the child of one", daemon, st.sid)
+	if st.Session == daemon {
+		t.Errorf("daemon %d is a session leader (sid %d); want the child of one", daemon, st.Session)
 	}
-	if st.sid == mySid() {
-		t.Errorf("daemon %d is in the test's session %d", daemon, st.sid)
+	if st.Session == mySid() {
+		t.Errorf("daemon %d is in the test's session %d", daemon, st.Session)
 	}
 	w := waitServing(t, addr, 1, 5*time.Second)
 	if pid, gen, err := getPidGenUnix(sock); err != nil || pid != w || gen != 1 {
@@ -429,10 +430,10 @@ func TestDaemonize(t *testing.T) {
 	if res.code != 0 {
 		t.Errorf("--stop: exit %d, stderr %q", res.code, res.stderr)
 	}
-	if alive(daemon) {
+	if proc.Alive(daemon) {
 		t.Errorf("--stop returned while the daemon is alive")
 	}
-	if alive(w) {
+	if proc.Alive(w) {
 		t.Errorf("--stop returned while the worker is alive")
 	}
 	if fileExists(sock) {

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"io"
 	"net"
 	"net/http"
@@ -297,8 +298,8 @@ func (b *bridge) cleanup() {
 
 // killIfOurs SIGKILLs pid if it is still one of the programs the tests run as workers.
 func killIfOurs(pid int) {
-	st, ok := readStat(pid)
-	if !ok || st.state == 'Z' {
+	st, ok := proc.ReadStat(pid)
+	if !ok || st.State == 'Z' {
 		return
 	}
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -752,87 +753,17 @@ func getEnvHTTP(t testing.TB, addr string) map[string]string {
 // ---------------------------------------------------------------------------------------
 // Processes
 
-type procStat struct {
-	pid, ppid, pgrp, sid int
-	state                byte
-}
-
-func readStat(pid int) (procStat, bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return procStat{}, false
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return procStat{}, false
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 4 {
-		return procStat{}, false
-	}
-	st := procStat{pid: pid, state: f[0][0]}
-	st.ppid, _ = strconv.Atoi(f[1])
-	st.pgrp, _ = strconv.Atoi(f[2])
-	st.sid, _ = strconv.Atoi(f[3])
-	return st, true
-}
-
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	st, ok := readStat(pid)
-	return ok && st.state != 'Z'
-}
-
-func waitDead(pid int, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if !alive(pid) {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-func allProcs() []procStat {
-	ents, _ := os.ReadDir("/proc")
-	var out []procStat
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if st, ok := readStat(pid); ok {
-			out = append(out, st)
-		}
-	}
-	return out
-}
-
-func childrenOf(ppid int) []procStat {
-	var out []procStat
-	for _, st := range allProcs() {
-		if st.ppid == ppid {
-			out = append(out, st)
-		}
-	}
-	return out
-}
-
 func descendants(pid int) []int {
-	procs := allProcs()
+	procs := proc.All()
 	var out []int
 	frontier := []int{pid}
 	for len(frontier) > 0 {
 		p := frontier[0]
 		frontier = frontier[1:]
 		for _, st := range procs {
-			if st.ppid == p {
-				out = append(out, st.pid)
-				frontier = append(frontier, st.pid)
+			if st.PPID == p {
+				out = append(out, st.PID)
+				frontier = append(frontier, st.PID)
 			}
 		}
 	}
@@ -842,9 +773,9 @@ func descendants(pid int) []int {
 // procsInGroup returns the live processes of process group pgrp.
 func procsInGroup(pgrp int) []int {
 	var out []int
-	for _, st := range allProcs() {
-		if st.pgrp == pgrp && st.state != 'Z' {
-			out = append(out, st.pid)
+	for _, st := range proc.All() {
+		if st.Pgrp == pgrp && st.State != 'Z' {
+			out = append(out, st.PID)
 		}
 	}
 	return out
@@ -853,13 +784,13 @@ func procsInGroup(pgrp int) []int {
 // procsWithCmdline returns the live processes whose command line contains s.
 func procsWithCmdline(s string) []int {
 	var out []int
-	for _, st := range allProcs() {
-		if st.state == 'Z' || st.pid == os.Getpid() {
+	for _, st := range proc.All() {
+		if st.State == 'Z' || st.PID == os.Getpid() {
 			continue
 		}
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.pid))
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.PID))
 		if err == nil && bytes.Contains(data, []byte(s)) {
-			out = append(out, st.pid)
+			out = append(out, st.PID)
 		}
 	}
 	return out
@@ -942,6 +873,6 @@ func fdFlags(pid, fd int) (int64, error) {
 }
 
 func mySid() int {
-	st, _ := readStat(os.Getpid())
-	return st.sid
+	st, _ := proc.ReadStat(os.Getpid())
+	return st.Session
 }

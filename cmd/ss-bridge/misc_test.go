@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"net"
 	"os"
 	"os/exec"
@@ -355,10 +356,10 @@ func TestThousandRestarts(t *testing.T) {
 		t.Errorf("bridge has %d fds after %d restarts, %d after the first: %v vs %v", len(fdsN), n, len(fds1), fdsN, fds1)
 	}
 	var zombies []int
-	kids := childrenOf(b.pid)
+	kids := proc.Children(b.pid)
 	for _, k := range kids {
-		if k.state == 'Z' {
-			zombies = append(zombies, k.pid)
+		if k.State == 'Z' {
+			zombies = append(zombies, k.PID)
 		}
 	}
 	if len(zombies) > 0 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -102,7 +103,7 @@ func TestTermAndInt(t *testing.T) {
 				fmt.Sprintf(`^worker %d got %s$`, w1, tc.forwarded),
 				fmt.Sprintf(`^worker %d died, status:0$`, w1),
 				`^exiting$`)
-			if alive(w1) {
+			if proc.Alive(w1) {
 				t.Errorf("worker %d alive after the bridge exited", w1)
 			}
 		})
@@ -186,7 +187,7 @@ func TestManyHUPs(t *testing.T) {
 	if err != nil || pid != gens[0].pid || gen != gens[0].gen {
 		t.Errorf("served by pid %d gen %d (err %v), want %v", pid, gen, err, gens[0])
 	}
-	if kids := childrenOf(b.pid); len(kids) != 1 || kids[0].pid != gens[0].pid {
+	if kids := proc.Children(b.pid); len(kids) != 1 || kids[0].PID != gens[0].pid {
 		t.Errorf("bridge children %v, want only %d", kids, gens[0].pid)
 	}
 	t.Logf("13 HUPs: %d workers started, final generation %d (started before last HUP: %d)",
@@ -226,7 +227,7 @@ func TestTermDuringRestart(t *testing.T) {
 				t.Errorf("exit code %d, want 0", code)
 			}
 			for _, w := range []int{w1, w2} {
-				if alive(w) {
+				if proc.Alive(w) {
 					t.Errorf("worker %d alive after the bridge exited", w)
 				}
 			}
@@ -316,7 +317,7 @@ func TestBackoff(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		if !waitDead(w1, 3*time.Second) {
+		if !proc.WaitDead(w1, 3*time.Second) {
 			t.Errorf("old worker %d still alive after the new generation came up", w1)
 		}
 	})
