@@ -210,11 +210,14 @@ func TestReport(t *testing.T) {
 	res.Add("cost", "RSS idle", MB, "b", 15)
 	res.AddText("HUP, --interval=1 (new conn)", "failed requests", "a", "0 of 10")
 	res.NA("HUP, --ready=notify (new conn)", "failed requests", Count, "b", "no --ready=notify")
+	res.AddText(systemdScenario("socket unit", 3, false), "failed requests, all cycles", "a", "0 of 10")
+	res.AddText(systemdScenario("fd store", 3, false), "failed requests, all cycles", "a", "0 of 10")
 	var out strings.Builder
 	bins := []Binary{{Name: "a"}, {Name: "b"}}
 	res.Print(&out, bins)
 	printTargets(&out, res, bins)
-	for _, want := range []string{"| cost | RSS idle | 4.5 MB | 15.0 MB | 0.30 |", "n/a (no --ready=notify)", "| failed requests across HUPs, every mode: 0 | 0 |"} {
+	for _, want := range []string{"| cost | RSS idle | 4.5 MB | 15.0 MB | 0.30 |", "n/a (no --ready=notify)", "| failed requests across HUPs, every mode: 0 | 0 |",
+		"| superdaemon restart under systemd (socket unit, fd store): 0 failed requests | 0 | — |  | met |"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}

@@ -46,7 +46,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	bridge := fs.String("bridge", "bin/ss-bridge", "the ss-bridge binary under test")
 	var anchors anchorFlag
 	fs.Var(&anchors, "anchor", "NAME=PATH of a start_server-compatible binary to compare with; repeatable (default perl-0.35=/usr/bin/start_server)")
-	scenarios := fs.String("scenarios", "hup,burst,restart,cost,scale", "comma-separated scenarios to run")
+	scenarios := fs.String("scenarios", "hup,burst,restart,cost,scale,systemd", "comma-separated scenarios to run (systemd: restarts under a real systemd in a container, needs root; not in -quick)")
 	quick := fs.Bool("quick", false, "a run of about a minute: 1 repetition, new connections only, small scale figures")
 	runs := fs.Int("runs", 5, "repetitions of each measurement (medians are reported)")
 	rate := fs.Float64("rate", 2500, "load: requests per second offered")
@@ -57,6 +57,8 @@ func benchMain(args []string, stdout io.Writer) int {
 	sockets := fs.Int("sockets", 1000, "listening sockets in the scale scenario")
 	churn := fs.Int("churn", 100, "live generations in the status-file churn")
 	keepAlive := fs.String("modes", "new,keepalive", "load modes: new (a connection per request), keepalive")
+	systemdScript := fs.String("systemd-script", "", "container.sh booting the systemd container (default: internal/systemdtest/container.sh in the working directory or above)")
+	systemdCycles := fs.Int("systemd-cycles", 3, "systemctl restart cycles per configuration and mode in the systemd scenario")
 	out := fs.String("out", "", "also write the report to this file")
 	keep := fs.Bool("keep", false, "keep the instances' files (logs, status, events)")
 	verbose := fs.Bool("v", false, "progress details on stderr")
@@ -72,6 +74,9 @@ func benchMain(args []string, stdout io.Writer) int {
 			"restarts": func() { *restarts = 50 },
 			"churn":    func() { *churn = 20 },
 			"modes":    func() { *keepAlive = "new" },
+			"scenarios": func() {
+				*scenarios = "hup,burst,restart,cost,scale"
+			},
 		}
 		for name, f := range defaults {
 			if !set[name] {
@@ -83,7 +88,8 @@ func benchMain(args []string, stdout io.Writer) int {
 		anchors = anchorFlag{{Name: "perl-0.35", Path: "/usr/bin/start_server"}}
 	}
 	p := Params{Runs: max(1, *runs), Rate: *rate, Conns: *conns, Latency: *latency, Window: *window,
-		Restarts: *restarts, Sockets: *sockets, Churn: max(2, *churn), Verbose: *verbose}
+		Restarts: *restarts, Sockets: *sockets, Churn: max(2, *churn), Verbose: *verbose,
+		SystemdScript: *systemdScript, SystemdCycles: max(1, *systemdCycles)}
 	for _, m := range strings.Split(*keepAlive, ",") {
 		switch strings.TrimSpace(m) {
 		case "new":
@@ -129,7 +135,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	began := time.Now()
 	run := map[string]func([]Binary, Params, *Results){
 		"hup": scenarioHUP, "burst": scenarioBurst, "restart": scenarioRestart,
-		"cost": scenarioCost, "scale": scenarioScale,
+		"cost": scenarioCost, "scale": scenarioScale, "systemd": scenarioSystemd,
 	}
 	for _, name := range strings.Split(*scenarios, ",") {
 		f, ok := run[strings.TrimSpace(name)]
@@ -176,9 +182,9 @@ func conditions(bins []Binary, p Params, quick bool, args []string, took time.Du
 		mode = " -quick;"
 	}
 	return fmt.Sprintf("%d cores (%s), Linux %s, %s;%s %s; load %.0f req/s offered over %d connections, worker latency %v; "+
-		"medians over %d repetitions; usage windows %v; %d restarts, %d sockets, %d churned generations; `ss-bench %s`; took %v",
+		"medians over %d repetitions (%d systemctl restart cycles under systemd); usage windows %v; %d restarts, %d sockets, %d churned generations; `ss-bench %s`; took %v",
 		runtime.NumCPU(), cpu, strings.TrimSpace(string(kernel)), runtime.Version(), mode, strings.Join(versions, ", "),
-		p.Rate, p.Conns, p.Latency, p.Runs, p.Window, p.Restarts, p.Sockets, p.Churn, strings.Join(args, " "), took.Round(time.Second))
+		p.Rate, p.Conns, p.Latency, p.Runs, p.SystemdCycles, p.Window, p.Restarts, p.Sockets, p.Churn, strings.Join(args, " "), took.Round(time.Second))
 }
 
 // failedOf reads the number of failed requests at the start of a figure
@@ -235,7 +241,31 @@ func printTargets(w io.Writer, res *Results, bins []Binary) {
 		}
 	}
 	line("failed requests across HUPs, every mode: 0", strconv.Itoa(failed), strconv.Itoa(anchorFailed), "", failed == 0, rows > 0)
-	line("superdaemon restart under systemd: 0 failed requests", "—", "—", "", false, false)
+	// Failed requests across systemctl restarts, socket unit and fd store.
+	var sdFailed, sdAnchor, sdAnchorRows int
+	sdCfgs := map[string]bool{}
+	for _, row := range res.rows {
+		if !strings.HasPrefix(row.Scenario, systemdScenarioPrefix) || row.Metric != "failed requests, all cycles" {
+			continue
+		}
+		if n, ok := failedOf(row.Vals[subject]); ok {
+			sdFailed += n
+			cfg, _, _ := strings.Cut(strings.TrimPrefix(row.Scenario, systemdScenarioPrefix+", "), ":")
+			sdCfgs[cfg] = true
+		}
+		if n, ok := failedOf(row.Vals[anchor]); ok {
+			sdAnchor += n
+			sdAnchorRows++
+		}
+	}
+	sdA, sdB := "—", "—"
+	if len(sdCfgs) > 0 {
+		sdA = strconv.Itoa(sdFailed)
+	}
+	if sdAnchorRows > 0 {
+		sdB = strconv.Itoa(sdAnchor)
+	}
+	line("superdaemon restart under systemd (socket unit, fd store): 0 failed requests", sdA, sdB, "", sdFailed == 0, sdCfgs["socket unit"] && sdCfgs["fd store"])
 
 	// Old worker signalled with readiness by notification.
 	var scNotify string
