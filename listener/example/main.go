@@ -44,16 +44,18 @@ func main() {
 	for _, ln := range lns {
 		log.Printf("serving http on %s", ln.Addr())
 	}
+	drain, startDrain := context.WithCancel(context.Background())
 	go func() {
-		// Serve has been called by the time the listeners accept, but the
-		// sockets queue connections already, so READY=1 can go now.
+		// The sockets queue connections already, so READY=1 can go before
+		// ServeHTTP accepts.
 		if err := listener.Ready(); err != nil {
 			log.Print(err)
 		}
 		<-ctx.Done()
 		log.Print("shutting down")
+		startDrain()
 	}()
-	if err := listener.ServeHTTP(ctx, srv, lns, 30*time.Second); err != nil {
+	if err := listener.ServeHTTP(drain, srv, lns, 30*time.Second); err != nil {
 		log.Fatal(err)
 	}
 	log.Print("done")
