@@ -25,6 +25,9 @@ type Socket struct {
 	// FD is the descriptor in this process. It is close-on-exec; workers get
 	// the socket through an explicit descriptor table (see Files).
 	FD int
+	// Inherited is true for a socket passed in by socket activation (see
+	// Inherit), false for one this process bound.
+	Inherited bool
 	// owned records the unix socket file this process created, so that Close
 	// removes that file and not one that replaced it since.
 	owned *fileID

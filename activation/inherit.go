@@ -86,7 +86,7 @@ func Inherit() ([]Inherited, error) {
 		if err != nil {
 			return nil, fmt.Errorf("socket activation: LISTEN_FDS=%d, but descriptor %d: %w", n, fd, err)
 		}
-		socks[i].FD = fd
+		socks[i].FD, socks[i].Inherited = fd, true
 		if names != nil {
 			socks[i].Name = names[i]
 		}

@@ -60,7 +60,12 @@ func (sd *systemd) inheritedSockets(specs []activation.Spec) []activation.Socket
 	socks := make([]activation.Socket, 0, len(sd.inherited))
 	for _, in := range sd.inherited {
 		if strings.HasPrefix(in.Name, storePrefix) && !activation.Requested(in.Socket, specs) {
-			if err := sd.manager.RemoveFDs(strings.TrimPrefix(in.Name, storePrefix)); err != nil {
+			// Stored as StoreFDs(storePrefix+key), which encoded the name.
+			key, err := notify.DecodeFDName(in.Name)
+			if err == nil {
+				err = sd.manager.RemoveFDs(key)
+			}
+			if err != nil {
 				fmt.Fprintf(os.Stderr, "failed to remove %s from the fd store: %v\n", in.Key, err)
 			}
 			in.Close()
@@ -78,22 +83,13 @@ func (sd *systemd) store(socks []activation.Socket) {
 		return
 	}
 	for _, s := range socks {
-		if sd.isInherited(s.FD) {
+		if s.Inherited {
 			continue
 		}
 		if err := sd.manager.StoreFDs(storePrefix+s.Key, s.FD); err != nil {
 			fmt.Fprintf(os.Stderr, "failed to store %s in the fd store: %v\n", s.Key, err)
 		}
 	}
-}
-
-func (sd *systemd) isInherited(fd int) bool {
-	for _, in := range sd.inherited {
-		if in.FD == fd {
-			return true
-		}
-	}
-	return false
 }
 
 // observer reports the supervisor's events to systemd: READY=1 when the

@@ -1176,3 +1176,75 @@ func TestLegacyReload(t *testing.T) {
 		old = pid
 	}
 }
+
+// ss-bridge pings systemd's watchdog while its loop is healthy: with WatchdogSec=1 the
+// unit stays up, where a silent service would be killed after a second.
+func TestWatchdogKeepsTheUnitAlive(t *testing.T) {
+	r := newRig(t)
+	r.appUnits("")
+	r.installUnits(map[string]string{"app.service.d/watchdog.conf": "[Service]\nWatchdogSec=1\n"})
+	r.systemctl("start", "app.service")
+	main := r.mainPID("app.service")
+	time.Sleep(3500 * time.Millisecond)
+	if s := r.property("app.service", "ActiveState"); s != "active" || r.mainPID("app.service") != main {
+		r.dumpJournal()
+		t.Fatalf("after 3.5 s with WatchdogSec=1: %s, main pid %d (was %d)", s, r.mainPID("app.service"), main)
+	}
+	if n := r.property("app.service", "NRestarts"); n != "0" {
+		t.Errorf("NRestarts = %s", n)
+	}
+	if j := r.journal("app.service"); strings.Contains(j, "Watchdog timeout") {
+		t.Errorf("journal:\n%s", j)
+	}
+}
+
+// A worker slower to start than TimeoutStartSec= does not fail the start: ss-bridge
+// extends the timeout (EXTEND_TIMEOUT_USEC) while it waits for the worker's READY=1.
+func TestSlowStartExtendsTheTimeout(t *testing.T) {
+	r := newRig(t)
+	r.appUnits("@BRIDGE@ --port=@ADDR@ --ready=notify --ready-timeout=10 -- @APP@ -start-delay=2500ms")
+	r.installUnits(map[string]string{"app.service.d/timeout.conf": "[Service]\nTimeoutStartSec=1\n"})
+	start := time.Now()
+	r.systemctl("start", "app.service")
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("start returned after %v, before the worker could be ready", took)
+	}
+	if s := r.property("app.service", "ActiveState"); s != "active" {
+		r.dumpJournal()
+		t.Fatalf("ActiveState %s", s)
+	}
+	if _, gen := r.ask(); gen != 1 {
+		t.Errorf("answered by gen %d", gen)
+	}
+}
+
+// A socket ss-bridge stored in the fd store that its options no longer ask for is
+// removed from the store (FDSTOREREMOVE=1) and closed, not passed to the workers.
+func TestFDStoreDropsSocketsNoLongerRequested(t *testing.T) {
+	r := newRig(t)
+	const unit = "app-fdstore.service"
+	r.installUnits(map[string]string{unit: r.unit("app-fdstore.service", "")})
+	r.systemctl("start", unit)
+	if n := r.property(unit, "NFileDescriptorStore"); n != "1" {
+		t.Fatalf("NFileDescriptorStore = %s, want 1", n)
+	}
+	oldAddr := r.addr
+	r.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	r.installUnits(map[string]string{unit: r.unit("app-fdstore.service", "@BRIDGE@ --port=@ADDR@ --ready=notify -- @APP@")})
+	r.systemctl("restart", unit)
+	if n := r.property(unit, "NFileDescriptorStore"); n != "1" {
+		r.dumpJournal()
+		t.Fatalf("NFileDescriptorStore = %s after moving to %s, want 1 (the new socket only)", n, r.addr)
+	}
+	worker, _ := r.ask()
+	if p := r.environ(worker)["SERVER_STARTER_PORT"]; p != r.addr+"=3" {
+		t.Errorf("SERVER_STARTER_PORT=%q, want only %s", p, r.addr)
+	}
+	if conn, err := net.DialTimeout("tcp", oldAddr, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("%s still accepts connections", oldAddr)
+	}
+	if j := r.journal(unit); strings.Contains(j, "failed to remove") {
+		t.Errorf("journal:\n%s", j)
+	}
+}
