@@ -198,6 +198,9 @@ func configure(o *Options) (supervisor.Config, []activation.Spec, error) {
 		if err != nil {
 			return cfg, nil, err
 		}
+		if spec.Pinned && o.ListenFDs {
+			return cfg, nil, fmt.Errorf("--port %s: --listen-fds passes the sockets on descriptors 3 and up, in order; it cannot pin one with =FD", p)
+		}
 		specs = append(specs, spec)
 	}
 	for _, p := range o.Paths {

@@ -352,7 +352,8 @@ func scenarioSystemd(bins []Binary, p Params, res *Results) {
 	vlogf(p, "container %s booted, init %d", c.dir, c.pid)
 
 	share := filepath.Join(c.dir, "share")
-	if err := copyFile(subject.Path, filepath.Join(share, "ss-bridge")); err == nil {
+	err = copyFile(subject.Path, filepath.Join(share, "ss-bridge"))
+	if err == nil {
 		err = copyFile(selfPath, filepath.Join(share, "ss-bench"))
 	}
 	if err != nil {

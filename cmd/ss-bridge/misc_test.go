@@ -186,6 +186,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown-signal", withBase("--signal-on-hup=FOO")},
 		{"unknown-signal-on-term", withBase("--signal-on-term=SIGFOO")},
 		{"unknown-option", withBase("--foo")},
+		{"listen-fds-with-pinned-fd", withBase("--listen-fds", "--port=127.0.0.1:0=5")},
+		{"bad-ready-mode", withBase("--ready=sometimes")},
 		{"interval-abc", withBase("--interval=abc")},
 	}
 	for _, tc := range cases {
