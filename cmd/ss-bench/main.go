@@ -57,7 +57,6 @@ func benchMain(args []string, stdout io.Writer) int {
 	sockets := fs.Int("sockets", 1000, "listening sockets in the scale scenario")
 	churn := fs.Int("churn", 100, "live generations in the status-file churn")
 	keepAlive := fs.String("modes", "new,keepalive", "load modes: new (a connection per request), keepalive")
-	systemdScript := fs.String("systemd-script", "", "container.sh booting the systemd container (default: internal/systemdtest/container.sh in the working directory or above)")
 	systemdCycles := fs.Int("systemd-cycles", 3, "systemctl restart cycles per configuration and mode in the systemd scenario")
 	out := fs.String("out", "", "also write the report to this file")
 	keep := fs.Bool("keep", false, "keep the instances' files (logs, status, events)")
@@ -89,7 +88,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	}
 	p := Params{Runs: max(1, *runs), Rate: *rate, Conns: *conns, Latency: *latency, Window: *window,
 		Restarts: *restarts, Sockets: *sockets, Churn: max(2, *churn), Verbose: *verbose,
-		SystemdScript: *systemdScript, SystemdCycles: max(1, *systemdCycles)}
+		SystemdCycles: max(1, *systemdCycles)}
 	for _, m := range strings.Split(*keepAlive, ",") {
 		switch strings.TrimSpace(m) {
 		case "new":

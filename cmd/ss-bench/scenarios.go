@@ -22,7 +22,6 @@ type Params struct {
 	Modes    []bool        // keep-alive off, on
 	Verbose  bool
 
-	SystemdScript string // container.sh ("": found from the working directory)
 	SystemdCycles int    // systemctl restarts per configuration and mode
 }
 

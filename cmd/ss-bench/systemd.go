@@ -1,221 +1,56 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
+	"github.com/ss-bridge/ss-bridge/internal/systemdtest"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
 // ---------------------------------------------------------------------------
 // Superdaemon restart under systemd
 //
-// One throwaway container booted by a real systemd (internal/systemdtest/
-// container.sh, run directly: that package needs a testing.TB), sharing the
-// host's network. ss-bridge and this program (the worker) are copied into
+// One throwaway container booted by a real systemd (systemdtest.Start),
+// sharing the host's network. ss-bridge and this program (the worker) are copied into
 // its shared directory; each configuration is installed as units, loaded
 // from the host, and restarted with `systemctl restart` a few times.
 
 // systemdScenarioPrefix starts the names of the scenario's rows.
 const systemdScenarioPrefix = "superdaemon restart under systemd"
 
-// ctr is a running container of container.sh.
-type ctr struct {
-	script, dir string
-	pid         int           // host pid of its init
-	done        chan struct{} // closed once systemd-nspawn has been reaped
-}
-
-// findScript returns the path of container.sh: the flag's, else
-// internal/systemdtest/container.sh in the working directory or one of its
-// parents, or above the executable.
-func findScript(flagged string) (string, error) {
-	if flagged != "" {
-		if _, err := os.Stat(flagged); err != nil {
-			return "", err
-		}
-		return filepath.Abs(flagged)
-	}
-	rel := filepath.Join("internal", "systemdtest", "container.sh")
-	var starts []string
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
-	}
-	if selfPath != "" {
-		starts = append(starts, filepath.Dir(selfPath))
-	}
-	for _, d := range starts {
-		for {
-			p := filepath.Join(d, rel)
-			if _, err := os.Stat(p); err == nil {
-				return p, nil
-			}
-			parent := filepath.Dir(d)
-			if parent == d {
-				break
-			}
-			d = parent
-		}
-	}
-	return "", errors.New("no " + rel + " here or above (give -systemd-script)")
-}
-
-func (c *ctr) tool(timeout time.Duration, args ...string) (string, error) {
+// exec runs a command in the container, bounded by timeout.
+func inContainer(c *systemdtest.Container, timeout time.Duration, stdin io.Reader, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", append([]string{c.script}, args...)...)
-	cmd.WaitDelay = 5 * time.Second
-	out, err := cmd.CombinedOutput()
-	return strings.TrimSpace(string(out)), err
+	return c.ExecContext(ctx, stdin, args...)
 }
 
-// bootContainer checks the prerequisites, builds the rootfs if needed and
-// boots a container. The error says why the scenario cannot run.
-func bootContainer(script string) (*ctr, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("needs root")
-	}
-	if _, err := exec.LookPath("bash"); err != nil {
-		return nil, errors.New("no bash")
-	}
-	dir, err := os.MkdirTemp("", "ss-bench-systemd-")
-	if err != nil {
-		return nil, err
-	}
-	c := &ctr{script: script, dir: dir, done: make(chan struct{})}
-	if out, err := c.tool(time.Minute, "check"); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("container.sh check: %s", oneLine(out))
-	}
-	if out, err := c.tool(20*time.Minute, "rootfs"); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("container.sh rootfs: %v: %s", err, oneLine(out))
-	}
-	if err := os.MkdirAll(filepath.Join(dir, "share"), 0o755); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	console, err := os.Create(filepath.Join(dir, "console.log"))
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig comes when the thread that started the child ends:
-		// stay on it until the child is reaped.
-		runtime.LockOSThread()
-		defer close(c.done)
-		defer console.Close()
-		cmd := exec.Command("bash", script, "run", dir)
-		cmd.Stdout, cmd.Stderr = console, console
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
+// journal is the end of the units' journal, for an error message.
+func journal(c *systemdtest.Container, units ...string) string {
+	var b strings.Builder
+	for _, u := range units {
+		j, err := c.Journal(u)
+		if err != nil {
+			j = err.Error()
 		}
-		started <- nil
-		_ = cmd.Wait()
-	}()
-	if err := <-started; err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("container.sh run: %v", err)
+		lines := strings.Split(strings.TrimSpace(j), "\n")
+		b.WriteString(strings.Join(lines[max(0, len(lines)-30):], "\n") + "\n")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	go func() {
-		select {
-		case <-c.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	cmd := exec.CommandContext(ctx, "bash", script, "wait", dir)
-	cmd.WaitDelay = 5 * time.Second
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err == nil {
-		c.pid, err = strconv.Atoi(strings.TrimSpace(string(out)))
-	}
-	if err != nil {
-		c.stop()
-		return nil, fmt.Errorf("the container did not boot: %v: %s", err, oneLine(stderr.String()))
-	}
-	return c, nil
+	return b.String()
 }
 
-// stop shuts the container down and removes its directory.
-func (c *ctr) stop() {
-	if out, err := c.tool(time.Minute, "stop", c.dir); err != nil {
-		fmt.Fprintf(os.Stderr, "ss-bench: container.sh stop: %v: %s\n", err, out)
-	}
-	select {
-	case <-c.done:
-	case <-time.After(30 * time.Second):
-		fmt.Fprintf(os.Stderr, "ss-bench: systemd-nspawn of %s has not exited\n", c.dir)
-		return // leave the directory for inspection
-	}
-	os.RemoveAll(c.dir)
-}
-
-// exec runs a command inside and returns its stdout.
-func (c *ctr) exec(timeout time.Duration, stdin io.Reader, args ...string) (string, error) {
-	select {
-	case <-c.done:
-		return "", errors.New("the container has stopped")
-	default:
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	if stdin == nil {
-		stdin = strings.NewReader("")
-	}
-	cmd := exec.CommandContext(ctx, "bash", append([]string{c.script, "exec", strconv.Itoa(c.pid)}, args...)...)
-	cmd.WaitDelay = 5 * time.Second
-	cmd.Stdin = stdin
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("in the container: %q: %v: %s", args, err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.String(), nil
-}
-
-func (c *ctr) systemctl(args ...string) (string, error) {
-	out, err := c.exec(2*time.Minute, nil, append([]string{"systemctl"}, args...)...)
-	return strings.TrimSpace(out), err
-}
-
-func (c *ctr) writeUnits(units map[string]string) error {
+func writeUnits(c *systemdtest.Container, units map[string]string) error {
 	for name, content := range units {
-		if _, err := c.exec(time.Minute, strings.NewReader(content), "sh", "-c", `cat >"$1"`, "sh", "/etc/systemd/system/"+name); err != nil {
+		if err := c.WriteUnit(name, content); err != nil {
 			return err
 		}
 	}
-	_, err := c.systemctl("daemon-reload")
-	return err
-}
-
-func (c *ctr) journal(units ...string) string {
-	args := []string{"journalctl", "--no-pager", "-q", "-o", "short-precise", "-n", "30"}
-	for _, u := range units {
-		args = append(args, "-u", u)
-	}
-	out, err := c.exec(time.Minute, nil, args...)
-	if err != nil {
-		return err.Error()
-	}
-	return out
+	return nil
 }
 
 func copyFile(src, dst string) error {
@@ -337,21 +172,20 @@ func scenarioSystemd(bins []Binary, p Params, res *Results) {
 			}
 		}
 	}
-	script, err := findScript(p.SystemdScript)
-	if err != nil {
-		allNA(err.Error())
-		return
-	}
-	c, err := bootContainer(script)
+	c, err := systemdtest.Start()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ss-bench: systemd: %v\n", err)
 		allNA(oneLine(err.Error()))
 		return
 	}
-	defer c.stop()
-	vlogf(p, "container %s booted, init %d", c.dir, c.pid)
+	defer func() {
+		if err := c.Remove(); err != nil {
+			fmt.Fprintf(os.Stderr, "ss-bench: systemd: %v\n", err)
+		}
+	}()
+	vlogf(p, "container %s booted, init %d", c.Dir(), c.PID())
 
-	share := filepath.Join(c.dir, "share")
+	share := c.HostDir()
 	err = copyFile(subject.Path, filepath.Join(share, "ss-bridge"))
 	if err == nil {
 		err = copyFile(selfPath, filepath.Join(share, "ss-bench"))
@@ -360,12 +194,12 @@ func scenarioSystemd(bins []Binary, p Params, res *Results) {
 		allNA(oneLine(err.Error()))
 		return
 	}
-	if _, err := c.exec(time.Minute, nil, guestDir+"/ss-bridge", "--version"); err != nil {
+	if _, err := inContainer(c, time.Minute, nil, guestDir+"/ss-bridge", "--version"); err != nil {
 		allNA("ss-bridge does not run in the container: build it with CGO_ENABLED=0")
 		fmt.Fprintf(os.Stderr, "ss-bench: systemd: %v\n", err)
 		return
 	}
-	if _, err := c.exec(time.Minute, nil, guestDir+"/ss-bench", "worker", "-h"); err != nil && strings.Contains(err.Error(), "not found") {
+	if _, err := inContainer(c, time.Minute, nil, guestDir+"/ss-bench", "worker", "-h"); err != nil && strings.Contains(err.Error(), "not found") {
 		allNA("ss-bench does not run in the container: build it with CGO_ENABLED=0")
 		return
 	}
@@ -373,7 +207,7 @@ func scenarioSystemd(bins []Binary, p Params, res *Results) {
 	// The anchor: start_server inside, if the container has it.
 	anchorFigs := map[bool]sdFigures{}
 	anchorWhy := ""
-	startServer, err := c.exec(time.Minute, nil, "sh", "-c", "perl -MServer::Starter -e1 2>/dev/null && command -v start_server")
+	startServer, err := inContainer(c, time.Minute, nil, "sh", "-c", "perl -MServer::Starter -e1 2>/dev/null && command -v start_server")
 	startServer = strings.TrimSpace(startServer)
 	if err != nil || startServer == "" {
 		anchorWhy = "not in the container: no Server::Starter"
@@ -420,24 +254,24 @@ func scenarioSystemd(bins []Binary, p Params, res *Results) {
 
 // runSystemd installs and starts a configuration on a fresh port, loads it
 // in one mode and restarts it cycles times, about a second apart.
-func runSystemd(c *ctr, cfg sdConfig, keepAlive bool, cycles int, p Params) (f sdFigures, err error) {
+func runSystemd(c *systemdtest.Container, cfg sdConfig, keepAlive bool, cycles int, p Params) (f sdFigures, err error) {
 	ports, err := freePorts(1)
 	if err != nil {
 		return f, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
-	if err := c.writeUnits(cfg.units(addr)); err != nil {
+	if err := writeUnits(c, cfg.units(addr)); err != nil {
 		return f, err
 	}
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("%v; journal:\n%s", err, c.journal(cfg.stop...))
+			err = fmt.Errorf("%v; journal:\n%s", err, journal(c, cfg.stop...))
 		}
-		if _, serr := c.systemctl(append([]string{"stop"}, cfg.stop...)...); serr != nil && err == nil {
+		if _, serr := c.Systemctl(append([]string{"stop"}, cfg.stop...)...); serr != nil && err == nil {
 			err = serr
 		}
 	}()
-	if _, err := c.systemctl("start", cfg.service); err != nil {
+	if _, err := c.Systemctl("start", cfg.service); err != nil {
 		return f, err
 	}
 	deadline := time.Now().Add(15 * time.Second)
@@ -451,7 +285,7 @@ func runSystemd(c *ctr, cfg sdConfig, keepAlive bool, cycles int, p Params) (f s
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	mainPID := func() string { s, _ := c.systemctl("show", "-P", "MainPID", cfg.service); return s }
+	mainPID := func() string { s, _ := c.Systemctl("show", "-P", "MainPID", cfg.service); return s }
 	prev := mainPID()
 
 	load := StartLoad(p.load(addr, keepAlive))
@@ -461,7 +295,7 @@ func runSystemd(c *ctr, cfg sdConfig, keepAlive bool, cycles int, p Params) (f s
 	var t0s []time.Time
 	for i := 0; i < cycles; i++ {
 		t0 := time.Now()
-		if _, err := c.systemctl("restart", cfg.service); err != nil {
+		if _, err := c.Systemctl("restart", cfg.service); err != nil {
 			return f, fmt.Errorf("restart %d: %v", i+1, err)
 		}
 		f.restart = append(f.restart, time.Since(t0))

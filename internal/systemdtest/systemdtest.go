@@ -96,46 +96,70 @@ func unavailable(t testing.TB, format string, args ...any) {
 // missing, or fails it when CI is set; it fails the test when the container does not boot.
 func Boot(t testing.TB) *Container {
 	t.Helper()
+	c, err := Start()
+	var missing *MissingError
+	switch {
+	case errors.As(err, &missing):
+		unavailable(t, "%s", missing.Reason)
+	case err != nil:
+		t.Fatalf("systemdtest: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("systemdtest: end of %s:\n%s", filepath.Join(c.dir, "console.log"), c.consoleTail(40))
+		}
+		if err := c.Remove(); err != nil {
+			t.Errorf("systemdtest: %v", err)
+		}
+	})
+	return c
+}
+
+// MissingError is Start's error when this machine cannot boot a container at all:
+// not root, no bash, container.sh check failing, or the rootfs failing to build.
+type MissingError struct{ Reason string }
+
+func (e *MissingError) Error() string { return "cannot boot a systemd container: " + e.Reason }
+
+// Start boots a fresh container, for programs (tests use Boot). It builds the cached
+// rootfs first if there is none. The caller must Remove the container.
+func Start() (*Container, error) {
 	if os.Geteuid() != 0 {
-		unavailable(t, "not running as root")
+		return nil, &MissingError{"not running as root"}
 	}
 	if _, err := exec.LookPath("bash"); err != nil {
-		unavailable(t, "no bash")
+		return nil, &MissingError{"no bash"}
 	}
 	// Not t.TempDir: test names may bring characters (",", " ", "=") that the overlayfs
 	// options and nspawn's --bind cannot take.
 	dir, err := os.MkdirTemp("", "systemdtest-")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	// Registered before Stop, so run after it.
-	t.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("systemdtest: %v", err)
-		}
-	})
 	c := &Container{dir: dir, script: filepath.Join(dir, "container.sh"), done: make(chan struct{})}
+	fail := func(err error) (*Container, error) {
+		os.RemoveAll(dir)
+		return nil, err
+	}
 	if err := os.WriteFile(c.script, script, 0o755); err != nil {
-		t.Fatal(err)
+		return fail(err)
 	}
 	if out, err := c.tool(context.Background(), "check"); err != nil {
-		unavailable(t, "%s", out)
+		return fail(&MissingError{out})
 	}
 	if err := buildRootfs(c); err != nil {
-		unavailable(t, "building the rootfs: %v", err)
+		return fail(&MissingError{"building the rootfs: " + err.Error()})
 	}
 	if err := c.start(); err != nil {
-		t.Fatalf("systemdtest: %v", err)
+		return fail(err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("systemdtest: end of %s:\n%s", filepath.Join(dir, "console.log"), c.consoleTail(40))
-		}
-		if err := c.Stop(); err != nil {
-			t.Errorf("systemdtest: %v", err)
-		}
-	})
-	return c
+	return c, nil
+}
+
+// Remove stops the container (see Stop) and removes its state directory.
+func (c *Container) Remove() error {
+	err := c.Stop()
+	return errors.Join(err, os.RemoveAll(c.dir))
 }
 
 func buildRootfs(c *Container) error {
