@@ -170,8 +170,9 @@ type Supervisor struct {
 	now        func() time.Time // for tests
 }
 
-// New returns a supervisor for cfg. It checks the configuration; it starts
-// nothing until Run.
+// New returns a supervisor for cfg; it starts nothing until Run. Call
+// cfg.Check first to fail before binding sockets: Run reports a worker that
+// cannot be executed only when it starts the first one.
 func New(cfg Config) (*Supervisor, error) {
 	if cfg.SignalOnHUP == 0 {
 		cfg.SignalOnHUP = syscall.SIGTERM
@@ -202,15 +203,15 @@ func New(cfg Config) (*Supervisor, error) {
 	if s.log == nil {
 		s.log = os.Stderr
 	}
-	if err := cfg.Check(); err != nil {
-		return nil, err
+	if len(cfg.Command) == 0 || cfg.Command[0] == "" {
+		return nil, errors.New("no worker command given")
 	}
 	return s, nil
 }
 
 // Check fails when the worker could not be started now: no command, a
 // directory that is not one, a command that is not found or not executable.
-// New calls it; a caller may call it earlier, to fail before binding sockets.
+// Call it before binding sockets, so that a typo leaves nothing behind.
 func (cfg Config) Check() error {
 	if len(cfg.Command) == 0 || cfg.Command[0] == "" {
 		return errors.New("no worker command given")
