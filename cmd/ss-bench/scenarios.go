@@ -22,7 +22,7 @@ type Params struct {
 	Modes    []bool        // keep-alive off, on
 	Verbose  bool
 
-	SystemdCycles int    // systemctl restarts per configuration and mode
+	SystemdCycles int // systemctl restarts per configuration and mode
 }
 
 func (p Params) load(addr string, keepAlive bool) LoadConfig {
