@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -293,25 +292,17 @@ func reloadCommand(args []string) int {
 		return failed(err)
 	}
 	defer conn.Close()
-	if err := conn.Reload(ctx, unit); err != nil {
-		return failed(err)
+	serving, err := conn.ReloadServing(ctx, unit)
+	if errors.Is(err, units.ErrNotRunning) {
+		fmt.Printf("%s is not running; its next start runs the new code\n", unit)
+		return 0
 	}
-	st, err := conn.Status(ctx, unit)
 	if err != nil {
 		return failed(err)
 	}
-	if strings.HasPrefix(st.StatusText, "reload failed") {
-		return failed(fmt.Errorf("reload %s: %s", unit, st.StatusText))
-	}
-	if m := servingRE.FindString(st.StatusText); m != "" {
-		fmt.Printf("%s reloaded: %s\n", unit, m)
-	} else {
-		fmt.Printf("%s reloaded: %s\n", unit, st.StatusText)
-	}
+	fmt.Printf("%s reloaded: generation %d (pid %d) serving\n", unit, serving.Generation, serving.PID)
 	return 0
 }
-
-var servingRE = regexp.MustCompile(`generation \d+ \(pid \d+\) serving`)
 
 // Exit codes of the status command, as LSB init scripts give them.
 const (

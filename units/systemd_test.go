@@ -126,8 +126,9 @@ func TestCommandsAgainstSystemd(t *testing.T) {
 	if _, err := c.BuildGo(module+"/internal/testworker", "testworker"); err != nil {
 		t.Fatal(err)
 	}
-	// The worker fails to start while the flag file exists.
-	script := "#!/bin/sh\n[ -e " + c.GuestPath("fail") + " ] && exit 3\nexec " + c.GuestPath("testworker") + " -ready\n"
+	// The worker fails to start while the flag file "fail" exists, and
+	// takes 3 s to start while "slow" exists.
+	script := "#!/bin/sh\n[ -e " + c.GuestPath("fail") + " ] && exit 3\n[ -e " + c.GuestPath("slow") + " ] && sleep 3\nexec " + c.GuestPath("testworker") + " -ready\n"
 	if err := os.WriteFile(filepath.Join(c.HostDir(), "run-worker"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +205,90 @@ func TestCommandsAgainstSystemd(t *testing.T) {
 		}
 		if gen, err := get(port); err != nil || gen != 6 {
 			t.Fatalf("the old generation stopped serving: generation %d, %v", gen, err)
+		}
+	})
+
+	// A reload job queued while a start job runs is merged into it by
+	// systemd: no SIGHUP is sent. reload must wait for the start, then
+	// reload, and name a generation that started after it was asked.
+	t.Run("reload while the unit starts", func(t *testing.T) {
+		if _, err := c.Systemctl("stop", "web.service"); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(c.HostDir(), "slow"), nil, 0o644)
+		defer os.Remove(filepath.Join(c.HostDir(), "slow"))
+		// A request activates the service through the socket.
+		first := make(chan error, 1)
+		go func() {
+			gen, err := get(port)
+			if err == nil && gen != 1 {
+				err = fmt.Errorf("generation %d", gen)
+			}
+			first <- err
+		}()
+		if err := c.WaitProperty("web.service", "ActiveState", "activating", 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		out, code := run(t, c, bridge, "reload", "web")
+		took := time.Since(start)
+		t.Logf("reload during the start took %v: %q", took.Round(time.Millisecond), out)
+		if code != 0 || !regexp.MustCompile(`^web\.service reloaded: generation 2 \(pid \d+\) serving\n$`).MatchString(out) {
+			t.Fatalf("exit %d: %q", code, out)
+		}
+		if err := <-first; err != nil {
+			t.Fatalf("the request that started the service: %v", err)
+		}
+		if gen, err := get(port); err != nil || gen != 2 {
+			t.Fatalf("after the reload: generation %d, %v", gen, err)
+		}
+	})
+
+	t.Run("reload of a unit that is not running", func(t *testing.T) {
+		if _, err := c.Systemctl("stop", "web.service"); err != nil {
+			t.Fatal(err)
+		}
+		out, code := run(t, c, bridge, "reload", "web")
+		if code != 0 || out != "web.service is not running; its next start runs the new code\n" {
+			t.Fatalf("exit %d: %q", code, out)
+		}
+		if state, _ := c.Property("web.service", "ActiveState"); state != "inactive" {
+			t.Errorf("web.service is %s", state)
+		}
+		// The socket still activates it.
+		if gen, err := get(port); err != nil || gen != 1 {
+			t.Fatalf("after the reload: generation %d, %v", gen, err)
+		}
+	})
+
+	t.Run("reload of a failed unit", func(t *testing.T) {
+		if err := c.WriteUnit("web.service.d/no-restart.conf", "[Service]\nRestart=no\n"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Systemctl("start", "web.service"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Systemctl("kill", "--signal=KILL", "web.service"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitProperty("web.service", "ActiveState", "failed", 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		out, code := run(t, c, bridge, "reload", "web")
+		if code != 1 || out != "ss-bridge: reload web.service: the unit has failed (result signal); not reloaded\n" {
+			t.Errorf("exit %d: %q", code, out)
+		}
+		// Serving again, for the tests after this one.
+		if _, err := c.Exec("rm", "-r", "/etc/systemd/system/web.service.d"); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{{"daemon-reload"}, {"reset-failed", "web.service"}, {"start", "web.socket"}} {
+			if _, err := c.Systemctl(args...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if gen, err := get(port); err != nil || gen != 1 {
+			t.Fatalf("after reset-failed: generation %d, %v", gen, err)
 		}
 	})
 
