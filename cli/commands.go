@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -67,6 +66,7 @@ func unitCommand(args []string) int {
 	table := append([]option{
 		{"name", text, func(o *Options, v string) error { o.Name = v; return nil }},
 		{"binary", text, func(o *Options, v string) error { o.Binary = v; return nil }},
+		{"output-dir", text, func(o *Options, v string) error { o.OutputDir = v; return nil }},
 		flagOption("socket", func(o *Options) { o.Socket = true }),
 		userOption,
 		flagOption("install", func(o *Options) { o.Install = true }),
@@ -93,13 +93,15 @@ func unitCommand(args []string) int {
 		return failed(errors.New("unit: --restart, --stop, --help and --version are not server options"))
 	case (o.Enable || o.Now) && !o.Install:
 		return failed(errors.New("unit: --enable and --now need --install"))
+	case o.OutputDir != "" && o.Install:
+		return failed(errors.New("unit: --output-dir and --install exclude each other"))
 	}
-	if o.Binary == "" {
-		if o.Binary, err = os.Executable(); err != nil {
-			return failed(fmt.Errorf("unit: find ss-bridge's path (give --binary): %w", err))
-		}
+	cfg, _, err := configure(o)
+	if err != nil {
+		return failed(fmt.Errorf("unit: %w", err))
 	}
-	if _, _, err := configure(o); err != nil {
+	workDir, err := unitPaths(o, cfg)
+	if err != nil {
 		return failed(fmt.Errorf("unit: %w", err))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -112,10 +114,16 @@ func unitCommand(args []string) int {
 	files, err := units.Render(units.Spec{
 		Name: o.Name, Binary: o.Binary, Options: serverArgs(o), Ports: o.Ports, Paths: o.Paths,
 		PathMode: pathMode(o), Backlog: o.Backlog, Command: o.Command,
-		Socket: o.Socket, User: o.User, SystemdVersion: o.SystemdVersion,
+		Socket: o.Socket, User: o.User, SystemdVersion: o.SystemdVersion, WorkingDirectory: workDir,
 	})
 	if err != nil {
 		return failed(fmt.Errorf("unit: %w", err))
+	}
+	if o.OutputDir != "" {
+		if err := writeUnits(o, files); err != nil {
+			return failed(fmt.Errorf("unit: %w", err))
+		}
+		return 0
 	}
 	if !o.Install {
 		for i, f := range files {
@@ -293,25 +301,17 @@ func reloadCommand(args []string) int {
 		return failed(err)
 	}
 	defer conn.Close()
-	if err := conn.Reload(ctx, unit); err != nil {
-		return failed(err)
+	serving, err := conn.ReloadServing(ctx, unit)
+	if errors.Is(err, units.ErrNotRunning) {
+		fmt.Printf("%s is not running; its next start runs the new code\n", unit)
+		return 0
 	}
-	st, err := conn.Status(ctx, unit)
 	if err != nil {
 		return failed(err)
 	}
-	if strings.HasPrefix(st.StatusText, "reload failed") {
-		return failed(fmt.Errorf("reload %s: %s", unit, st.StatusText))
-	}
-	if m := servingRE.FindString(st.StatusText); m != "" {
-		fmt.Printf("%s reloaded: %s\n", unit, m)
-	} else {
-		fmt.Printf("%s reloaded: %s\n", unit, st.StatusText)
-	}
+	fmt.Printf("%s reloaded: generation %d (pid %d) serving\n", unit, serving.Generation, serving.PID)
 	return 0
 }
-
-var servingRE = regexp.MustCompile(`generation \d+ \(pid \d+\) serving`)
 
 // Exit codes of the status command, as LSB init scripts give them.
 const (
@@ -435,7 +435,7 @@ func workerGenerations(pid int) []generation {
 func unitStatus(o *Options, unit string) (report, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), busTimeout)
 	defer cancel()
-	r := report{}
+	r := report{Status: units.Status{Unit: unit}}
 	conn, err := connect(ctx, o.User)
 	if err != nil {
 		r.Message = err.Error()
@@ -460,7 +460,14 @@ func unitStatus(o *Options, unit string) (report, int) {
 }
 
 func printReport(w io.Writer, r report) {
-	if r.Unit != "" {
+	if r.Unit != "" && r.ActiveState == "" {
+		fmt.Fprintf(w, "%s:", r.Unit)
+		if r.Message == "" {
+			fmt.Fprintln(w)
+		} else {
+			fmt.Fprint(w, " ")
+		}
+	} else if r.Unit != "" {
 		fmt.Fprintf(w, "%s: %s (%s)", r.Unit, r.ActiveState, r.SubState)
 		if !r.Since.IsZero() && r.Running {
 			fmt.Fprintf(w, " since %s (up %s)", r.Since.Format(time.RFC3339), time.Since(r.Since).Round(time.Second))

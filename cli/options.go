@@ -54,6 +54,7 @@ type Options struct {
 	Now            bool
 	Force          bool
 	SystemdVersion int
+	OutputDir      string
 	JSON           bool
 	Follow         bool
 

@@ -4,7 +4,10 @@ package units
 import (
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ss-bridge/ss-bridge/activation"
 )
@@ -37,6 +40,8 @@ type Spec struct {
 	SystemdVersion int
 	// Description, when empty, is derived from the command.
 	Description string
+	// WorkingDirectory is where systemd starts ss-bridge ("" for none: "/").
+	WorkingDirectory string
 }
 
 // File is a rendered unit file.
@@ -57,6 +62,21 @@ func Render(spec Spec) ([]File, error) {
 	}
 	if !strings.HasPrefix(spec.Binary, "/") {
 		return nil, fmt.Errorf("ss-bridge binary %q: ExecStart= needs an absolute path", spec.Binary)
+	}
+	// systemd would run such a unit, but could not send its ExecStart= over
+	// D-Bus, which allows UTF-8 only: systemctl show and status would fail.
+	for _, a := range append(append([]string{spec.Binary}, spec.Options...), spec.Command...) {
+		if !utf8.ValidString(a) {
+			return nil, fmt.Errorf("argument %q is not valid UTF-8, which systemd cannot show over D-Bus", a)
+		}
+	}
+	if d := spec.WorkingDirectory; d != "" {
+		if !strings.HasPrefix(d, "/") {
+			return nil, fmt.Errorf("working directory %q: WorkingDirectory= needs an absolute path", d)
+		}
+		if err := checkValue("working directory", d); err != nil {
+			return nil, err
+		}
 	}
 	var sock strings.Builder
 	if spec.Socket {
@@ -102,6 +122,9 @@ func renderService(spec Spec) string {
 		b.WriteString("After=network.target\n")
 	}
 	b.WriteString("\n[Service]\n")
+	if spec.WorkingDirectory != "" {
+		fmt.Fprintf(&b, "WorkingDirectory=%s\n", escapeSpecifiers(spec.WorkingDirectory))
+	}
 	args := append([]string{spec.Binary}, spec.Options...)
 	if legacy {
 		// Without Type=notify-reload, ExecReload= sends HUP and waits until
@@ -146,11 +169,54 @@ func runtimeDir(spec Spec) string {
 	return "/run/" + spec.Name
 }
 
+// description is not unescaped by systemd: control characters and bytes
+// that are not UTF-8 are written as visible escapes, so that a newline in
+// the worker's path cannot start a directive of its own.
 func description(spec Spec) string {
-	if spec.Description != "" {
-		return spec.Description
+	d := spec.Description
+	if d == "" {
+		d = spec.Command[0] + " under ss-bridge"
 	}
-	return escapeSpecifiers(spec.Command[0]) + " under ss-bridge"
+	return escapeSpecifiers(visible(d))
+}
+
+// visible replaces control characters and invalid UTF-8 with Go-style
+// escapes, for settings that take text verbatim.
+func visible(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case unicode.IsControl(r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
+}
+
+// checkValue refuses what a setting that takes its value verbatim cannot
+// hold: a control character (a newline would end the line and start a
+// directive of its own), bytes that are not UTF-8 (systemd ignores such a
+// line), a trailing backslash (a line continuation) and spaces at either
+// end (systemd strips them).
+func checkValue(what, v string) error {
+	switch {
+	case !utf8.ValidString(v):
+		return fmt.Errorf("%s %q is not valid UTF-8, which a unit file cannot hold", what, v)
+	case strings.IndexFunc(v, unicode.IsControl) >= 0:
+		return fmt.Errorf("%s %q has a control character, which a unit file cannot hold", what, v)
+	case strings.HasSuffix(v, `\`):
+		return fmt.Errorf("%s %q ends with a backslash, which a unit file reads as a line continuation", what, v)
+	case strings.TrimSpace(v) != v:
+		return fmt.Errorf("%s %q starts or ends with white space, which systemd strips", what, v)
+	}
+	return nil
 }
 
 func renderSocket(spec Spec) (strings.Builder, error) {
@@ -180,6 +246,9 @@ func renderSocket(spec Spec) (strings.Builder, error) {
 	}
 	for _, p := range spec.Paths {
 		if _, err := activation.ParsePath(p); err != nil {
+			return b, err
+		}
+		if err := checkValue("--path", p); err != nil {
 			return b, err
 		}
 		fmt.Fprintf(&b, "ListenStream=%s\n", escapeSpecifiers(p))
@@ -234,7 +303,9 @@ func listenAddress(s activation.Spec) (string, error) {
 
 // commandLine quotes argv for ExecStart=: words with anything but safe
 // characters are double-quoted, and '%' and '$' are escaped so that systemd
-// passes them through unexpanded.
+// passes them through unexpanded. systemd C-unescapes the words, so control
+// characters are written as \n, \r, \xNN: the line stays one line, and the
+// worker gets the bytes it was given. (Render refuses invalid UTF-8.)
 func commandLine(argv []string) string {
 	words := make([]string, len(argv))
 	for i, a := range argv {
@@ -243,8 +314,34 @@ func commandLine(argv []string) string {
 			words[i] = a
 			continue
 		}
-		r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`, "\t", `\t`)
-		words[i] = `"` + r.Replace(a) + `"`
+		var b strings.Builder
+		b.WriteByte('"')
+		for j := 0; j < len(a); {
+			r, size := utf8.DecodeRuneInString(a[j:])
+			switch {
+			case r == utf8.RuneError && size <= 1:
+				fmt.Fprintf(&b, `\x%02x`, a[j])
+			case r == '\\' || r == '"':
+				b.WriteByte('\\')
+				b.WriteRune(r)
+			case r == '\n':
+				b.WriteString(`\n`)
+			case r == '\t':
+				b.WriteString(`\t`)
+			case r == '\r':
+				b.WriteString(`\r`)
+			case r < 0x20 || r == 0x7f:
+				fmt.Fprintf(&b, `\x%02x`, r)
+			case unicode.IsControl(r):
+				// C1 controls: as systemd would print them itself.
+				fmt.Fprintf(&b, `\u%04x`, r)
+			default:
+				b.WriteString(a[j : j+size])
+			}
+			j += size
+		}
+		b.WriteByte('"')
+		words[i] = b.String()
 	}
 	return strings.Join(words, " ")
 }

@@ -99,3 +99,37 @@ func TestCommandLineQuoting(t *testing.T) {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
 }
+
+func TestRenderEscapesWhatSystemdWouldMisread(t *testing.T) {
+	spec := Spec{Name: "app", Binary: "/b", SystemdVersion: 257, Command: []string{"/srv/a\nConditionUser=nobody", "x\ry", "\x01", "\u0085"}}
+	files, err := Render(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := files[0].Content
+	for _, want := range []string{
+		"\nDescription=/srv/a\\nConditionUser=nobody under ss-bridge\n",
+		"\nExecStart=/b -- \"/srv/a\\nConditionUser=nobody\" \"x\\ry\" \"\\x01\" \"\\u0085\"\n",
+	} {
+		if !strings.Contains(svc, want) {
+			t.Errorf("service lacks %q:\n%s", want, svc)
+		}
+	}
+	if strings.Contains(svc, "\nConditionUser") || strings.Contains(svc, "\r") {
+		t.Errorf("a control character went into the unit:\n%q", svc)
+	}
+	for name, spec := range map[string]Spec{
+		"invalid UTF-8 in an argument":    {Name: "a", Binary: "/b", Command: []string{"w", "\xff"}},
+		"invalid UTF-8 in the binary":     {Name: "a", Binary: "/b\xff", Command: []string{"w"}},
+		"newline in a socket path":        {Name: "a", Binary: "/b", Command: []string{"w"}, Socket: true, Paths: []string{"/run/a\nb"}},
+		"trailing backslash in a path":    {Name: "a", Binary: "/b", Command: []string{"w"}, Socket: true, Paths: []string{`/run/a\`}},
+		"newline in the directory":        {Name: "a", Binary: "/b", Command: []string{"w"}, WorkingDirectory: "/srv/a\nb"},
+		"relative working directory":      {Name: "a", Binary: "/b", Command: []string{"w"}, WorkingDirectory: "srv"},
+		"newline in the name":             {Name: "a\nb", Binary: "/b", Command: []string{"w"}},
+		"trailing space in the directory": {Name: "a", Binary: "/b", Command: []string{"w"}, WorkingDirectory: "/srv "},
+	} {
+		if _, err := Render(spec); err == nil {
+			t.Errorf("%s: rendered", name)
+		}
+	}
+}

@@ -1,0 +1,160 @@
+package units
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	sd "github.com/coreos/go-systemd/v22/dbus"
+)
+
+// Serving is the generation that serves, as ss-bridge's STATUS= says. The
+// status text is the supervisor's summary: parts joined by "; ", of which
+// the serving generation is the first "generation N (pid P) serving" (maybe
+// followed by ": " and the worker's own status) or, while a restart is under
+// way or after it failed, "generation N (pid P) still serving". A failed
+// reload is "reload failed: REASON; " before the summary.
+type Serving struct {
+	Generation int
+	PID        int
+}
+
+// ParseServing finds the serving generation in ss-bridge's status text.
+func ParseServing(status string) (Serving, bool) {
+	for _, part := range strings.Split(status, "; ") {
+		var s Serving
+		rest, ok := strings.CutPrefix(part, "generation ")
+		if !ok {
+			continue
+		}
+		num, rest, ok := strings.Cut(rest, " (pid ")
+		if !ok {
+			continue
+		}
+		pid, rest, ok := strings.Cut(rest, ") ")
+		if !ok || !(strings.HasPrefix(rest, "serving") || strings.HasPrefix(rest, "still serving")) {
+			continue
+		}
+		var err1, err2 error
+		s.Generation, err1 = strconv.Atoi(num)
+		s.PID, err2 = strconv.Atoi(pid)
+		if err1 == nil && err2 == nil && s.Generation > 0 && s.PID > 0 {
+			return s, true
+		}
+	}
+	return Serving{}, false
+}
+
+// unitState is what reload needs to know of a unit.
+type unitState struct {
+	active, sub, result string
+	job                 uint32 // 0: no job
+	invocation          []byte
+	statusText          string
+}
+
+func (s *Systemd) state(ctx context.Context, unit string) (unitState, error) {
+	var st unitState
+	get := func(iface, name string) (any, error) {
+		p, err := call(ctx, func() (*sd.Property, error) { return s.conn.GetUnitTypePropertyContext(ctx, unit, iface, name) })
+		if err != nil {
+			return nil, fmt.Errorf("%s: read %s: %w", unit, name, err)
+		}
+		return p.Value.Value(), nil
+	}
+	for _, p := range []struct {
+		iface, name string
+		set         func(any)
+	}{
+		{"Unit", "ActiveState", func(v any) { st.active, _ = v.(string) }},
+		{"Unit", "SubState", func(v any) { st.sub, _ = v.(string) }},
+		{"Unit", "InvocationID", func(v any) { st.invocation, _ = v.([]byte) }},
+		{"Unit", "Job", func(v any) {
+			if fields, ok := v.([]any); ok && len(fields) > 0 {
+				st.job, _ = fields[0].(uint32)
+			}
+		}},
+		{"Service", "StatusText", func(v any) { st.statusText, _ = v.(string) }},
+		{"Service", "Result", func(v any) { st.result, _ = v.(string) }},
+	} {
+		v, err := get(p.iface, p.name)
+		if err != nil {
+			return st, err
+		}
+		p.set(v)
+	}
+	return st, nil
+}
+
+// settle waits until the unit has no job and is active, inactive or failed:
+// a reload job queued while a start job runs is merged into it, and no
+// reload happens at all.
+func (s *Systemd) settle(ctx context.Context, unit string) (unitState, error) {
+	for {
+		st, err := s.state(ctx, unit)
+		if err != nil {
+			return st, err
+		}
+		if st.job == 0 && (st.active == "active" || st.active == "inactive" || st.active == "failed") {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, fmt.Errorf("%s is still %s (%s): %w", unit, st.active, st.sub, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// ErrNotRunning is ReloadServing's error for a unit that is not running:
+// there is nothing to reload, and its next start runs the new code.
+var ErrNotRunning = errors.New("not running")
+
+// ReloadServing reloads an ss-bridge unit and returns the generation that
+// serves after it, which started after the call. It first waits for a
+// start or reload under way to end. It fails when the unit has failed, when
+// the reload job fails, and when no newer generation serves after it: a
+// reload whose new generation failed to start leaves the old one serving.
+// A unit that is not running gives ErrNotRunning.
+func (s *Systemd) ReloadServing(ctx context.Context, unit string) (Serving, error) {
+	if err := s.mustExist(ctx, unit); err != nil {
+		return Serving{}, err
+	}
+	before, err := s.settle(ctx, unit)
+	if err != nil {
+		return Serving{}, fmt.Errorf("reload %s: %w", unit, err)
+	}
+	switch before.active {
+	case "inactive":
+		return Serving{}, ErrNotRunning
+	case "failed":
+		return Serving{}, fmt.Errorf("reload %s: the unit has failed (result %s); not reloaded", unit, before.result)
+	}
+	old, _ := ParseServing(before.statusText)
+	if err := s.Reload(ctx, unit); err != nil {
+		return Serving{}, err
+	}
+	after, err := s.settle(ctx, unit)
+	if err != nil {
+		return Serving{}, fmt.Errorf("reload %s: %w", unit, err)
+	}
+	now, ok := ParseServing(after.statusText)
+	switch {
+	case after.active != "active":
+		return Serving{}, fmt.Errorf("reload %s: the unit is %s (%s) after the reload", unit, after.active, after.sub)
+	case !ok:
+		return Serving{}, fmt.Errorf("reload %s: no generation serves after the reload (status %q)", unit, after.statusText)
+	case !bytes.Equal(after.invocation, before.invocation):
+		// Restarted meanwhile: whatever serves now started after the call.
+		return now, nil
+	case now.Generation <= old.Generation && strings.HasPrefix(after.statusText, "reload failed"):
+		return now, fmt.Errorf("reload %s: %s", unit, after.statusText)
+	case now.Generation <= old.Generation:
+		return now, fmt.Errorf("reload %s: generation %d still serves; no new generation started (status %q)", unit, now.Generation, after.statusText)
+	}
+	return now, nil
+}
