@@ -21,12 +21,18 @@ import (
 // pid file or child.
 func serve(o *Options) (err error) {
 	// Signals are caught before anything is set up, so that a HUP or TERM
-	// arriving during start-up is acted on rather than killing us. SIGPIPE is
-	// caught (not ignored) so that workers still get its default action.
+	// arriving during start-up is acted on rather than killing us. QUIT is
+	// caught too: Go's default action (a stack dump and exit) would leave the
+	// pid, status and socket files behind; it stops the server as TERM does.
 	signals := make(chan os.Signal, 64)
 	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT,
-		syscall.SIGCHLD, syscall.SIGPIPE, syscall.SIGALRM)
+		syscall.SIGCHLD, syscall.SIGALRM, syscall.SIGQUIT)
 	defer signal.Stop(signals)
+	// SIGPIPE is ignored, as 0.35 does, and the disposition survives exec:
+	// workers written for start_server expect it ignored (a client hanging up
+	// is an EPIPE for them, not death), and we must not die writing to a log
+	// command that has gone.
+	signal.Ignore(syscall.SIGPIPE)
 	// The bridge's live heap is near zero; the default GOGC lets each
 	// restart's garbage double RSS (4 to 9 MB over 1,000 restarts) before a
 	// collection. Collecting sooner costs nothing measurable.
