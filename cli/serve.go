@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -252,15 +253,14 @@ func workerEnv(o *Options) []string {
 }
 
 // checkWritable fails when the status file could not be written, by creating
-// and removing the temporary file the supervisor writes it through.
+// and removing a temporary file as the supervisor writes it through.
 func checkWritable(statusFile string) error {
-	tmp := statusFile + "." + strconv.Itoa(os.Getpid())
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := supervisor.CreateStatusTemp(statusFile)
 	if err != nil {
 		return fmt.Errorf("status file %s is not writable: %w", statusFile, unwrap(err))
 	}
 	f.Close()
-	return os.Remove(tmp)
+	return os.Remove(f.Name())
 }
 
 func unwrap(err error) error {
@@ -299,11 +299,52 @@ func openLog(spec string) (*logSink, error) {
 		}
 		return &logSink{fd: p[1], pid: pid}, nil
 	}
-	fd, err := unix.Open(spec, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+	fd, err := openLogFile(spec)
 	if err != nil {
-		return nil, fmt.Errorf("failed to open log file %s: %w", spec, err)
+		return nil, err
 	}
 	return &logSink{fd: fd}, nil
+}
+
+// openLogFile opens the log file for appending. A symlink there is followed
+// only when it is owned by us or by the directory's owner: one planted by
+// another user (in a world-writable directory such as /tmp) would otherwise
+// make us append to a file of their choice, one of root's.
+func openLogFile(path string) (int, error) {
+	const flags = unix.O_WRONLY | unix.O_APPEND | unix.O_CREAT | unix.O_CLOEXEC | unix.O_NONBLOCK
+	fd, err := unix.Open(path, flags|unix.O_NOFOLLOW, 0o644)
+	if err == unix.ELOOP {
+		if err := trustedSymlink(path); err != nil {
+			return -1, err
+		}
+		fd, err = unix.Open(path, flags, 0o644)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("failed to open log file %s: %w", path, err)
+	}
+	// O_NONBLOCK only so that opening a FIFO cannot hang; writes block.
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+	}
+	return fd, nil
+}
+
+// trustedSymlink fails unless the symlink at path is owned by us or by the
+// owner of its directory (the rule of Linux's fs.protected_symlinks for
+// sticky world-writable directories, applied everywhere). Nobody else can
+// replace such a link in a sticky directory.
+func trustedSymlink(path string) error {
+	var link, dir unix.Stat_t
+	if err := unix.Lstat(path, &link); err != nil {
+		return fmt.Errorf("failed to open log file %s: %w", path, err)
+	}
+	if err := unix.Stat(filepath.Dir(path), &dir); err != nil {
+		return fmt.Errorf("failed to open log file %s: %w", path, err)
+	}
+	if link.Uid != uint32(os.Geteuid()) && link.Uid != dir.Uid {
+		return fmt.Errorf("log file %s is a symlink owned by uid %d, neither us nor the owner of its directory; refusing to follow it", path, link.Uid)
+	}
+	return nil
 }
 
 // redirect points our stdout and stderr, and so the workers', at the log.

@@ -100,3 +100,88 @@ func TestQuitCleansUp(t *testing.T) {
 		}
 	}
 }
+
+// stickyDir returns a new world-writable sticky directory (such as /tmp) owned by us, and
+// a file of ours elsewhere holding "secret\n" that a planted symlink points at.
+func stickyDir(t *testing.T) (dir, target string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: plants symlinks owned by another user")
+	}
+	dir = t.TempDir()
+	if err := os.Chmod(dir, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	target = filepath.Join(t.TempDir(), "target")
+	if err := os.WriteFile(target, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir, target
+}
+
+func checkUntouched(t *testing.T, target string) {
+	t.Helper()
+	if data, err := os.ReadFile(target); err != nil || string(data) != "secret\n" {
+		t.Errorf("the symlink's target was written to: %q (err %v)", data, err)
+	}
+}
+
+// No pid, status or log file is opened through a symlink planted by another user in a
+// sticky world-writable directory.
+func TestFilesNotOpenedThroughSymlinks(t *testing.T) {
+	t.Parallel()
+	t.Run("pid-file", func(t *testing.T) {
+		t.Parallel()
+		dir, target := stickyDir(t)
+		pidFile := filepath.Join(dir, "pid")
+		os.Symlink(target, pidFile)
+		r := runBridgeCmd(t, 5*time.Second, nil, "--interval=0", "--pid-file="+pidFile, "--", "sleep", "1000")
+		if r.code != 1 || !strings.Contains(r.stderr, "pid file "+pidFile+" is a symlink; refusing to follow it") {
+			t.Errorf("exit %d (timed out %v), stderr %q", r.code, r.timedOut, r.stderr)
+		}
+		checkUntouched(t, target)
+	})
+	t.Run("log-file", func(t *testing.T) {
+		t.Parallel()
+		dir, target := stickyDir(t)
+		logFile := filepath.Join(dir, "log")
+		os.Symlink(target, logFile)
+		if err := os.Lchown(logFile, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		r := runBridgeCmd(t, 5*time.Second, nil, "--interval=0", "--log-file="+logFile, "--", "sleep", "1000")
+		if r.code != 1 || !strings.Contains(r.stderr, "log file "+logFile+" is a symlink owned by uid 65534, neither us nor the owner of its directory; refusing to follow it") {
+			t.Errorf("exit %d (timed out %v), stderr %q", r.code, r.timedOut, r.stderr)
+		}
+		checkUntouched(t, target)
+		// A symlink of the directory's owner is followed.
+		_, target = stickyDir(t)
+		mine := filepath.Join(dir, "mine")
+		os.Symlink(target, mine)
+		b := startBridge(t, cmdArgs([]string{"--interval=0", "--log-file=" + mine}, []string{"sleep", "1000"})...)
+		data := waitFileContains(t, target, 5*time.Second, "secret\nstarting new worker")
+		b.signal(syscall.SIGTERM)
+		if code := b.wait(5 * time.Second); code != 0 {
+			t.Errorf("exit %d with a log file through our own symlink; log: %q", code, data)
+		}
+	})
+	t.Run("status-file", func(t *testing.T) {
+		t.Parallel()
+		dir, target := stickyDir(t)
+		statusFile := filepath.Join(dir, "status")
+		b := startBridge(t, cmdArgs([]string{"--interval=1", "--status-file=" + statusFile}, []string{"sleep", "1000"})...)
+		w := b.worker(1, 5*time.Second)
+		// 0.35's temporary file, and the status file itself.
+		for _, p := range []string{fmt.Sprintf("%s.%d", statusFile, b.pid), statusFile} {
+			if err := os.Symlink(target, p); err != nil {
+				t.Fatal(err)
+			}
+			os.Lchown(p, 65534, 65534)
+		}
+		waitStatus(t, statusFile, statusLine(1, w), 5*time.Second)
+		if st, err := os.Lstat(statusFile); err != nil || !st.Mode().IsRegular() {
+			t.Errorf("status file is not a regular file: %v %v", st.Mode(), err)
+		}
+		checkUntouched(t, target)
+	})
+}
