@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -43,6 +42,17 @@ func serve(o *Options) (err error) {
 	os.Unsetenv(daemonStageEnv)
 	// Descriptors our parent leaked to us are not the workers' to inherit.
 	closeOnExecAbove(2)
+	var ready *daemonReady
+	if daemon {
+		// Our stderr is /dev/null until the log is open: say what failed
+		// to the foreground process, which prints it.
+		ready = adoptReadyPipe()
+		defer func() {
+			if err != nil {
+				ready.fail(err)
+			}
+		}()
+	}
 	sd, err := takeSystemd()
 	if err != nil {
 		return err
@@ -84,12 +94,19 @@ func serve(o *Options) (err error) {
 		}
 	}
 
+	// With --daemonize, the daemon opens the log, so that a log command is
+	// its child, restarted by it when it exits.
 	var log *logSink
-	if o.LogFile != "" && !daemon {
+	if o.LogFile != "" && (daemon || !o.Daemonize) {
 		if log, err = openLog(o.LogFile); err != nil {
 			return err
 		}
-		defer log.finish()
+		defer func() {
+			if err != nil && log.redirected {
+				fmt.Fprintf(os.Stderr, "failed to start: %v\n", err) // to the log
+			}
+			log.finish(err != nil)
+		}()
 	}
 
 	var socks []activation.Socket
@@ -120,6 +137,7 @@ func serve(o *Options) (err error) {
 		if err := log.redirect(); err != nil {
 			return err
 		}
+		log.watch()
 	}
 	if o.Daemonize && !daemon {
 		err := daemonize(o, socks, pid)
@@ -149,7 +167,7 @@ func serve(o *Options) (err error) {
 	}
 	var observers []func(supervisor.Event)
 	if daemon {
-		observers = append(observers, daemonReadyObserver())
+		observers = append(observers, ready.observer(o.LogFile))
 	}
 	if sd.active() {
 		cfg.NotifySockets = true
@@ -269,114 +287,6 @@ func unwrap(err error) error {
 		return pe.Err
 	}
 	return err
-}
-
-// logSink is where --log-file sends our and the workers' output: a file
-// opened for appending, or the stdin of a command run by /bin/sh.
-type logSink struct {
-	fd  int
-	pid int // the command's, for a pipe
-}
-
-func openLog(spec string) (*logSink, error) {
-	if cmd, ok := strings.CutPrefix(strings.TrimLeft(spec, " \t\n"), "|"); ok {
-		cmd = strings.TrimSpace(cmd)
-		if cmd == "" {
-			return nil, fmt.Errorf("--log-file %q: no command after '|'", spec)
-		}
-		var p [2]int
-		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-			return nil, fmt.Errorf("failed to open pipe:%s: %w", spec, err)
-		}
-		pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", cmd}, &syscall.ProcAttr{
-			Env:   os.Environ(),
-			Files: []uintptr{uintptr(p[0]), 1, 2},
-		})
-		unix.Close(p[0])
-		if err != nil {
-			unix.Close(p[1])
-			return nil, fmt.Errorf("failed to open pipe:%s: %w", spec, err)
-		}
-		return &logSink{fd: p[1], pid: pid}, nil
-	}
-	fd, err := openLogFile(spec)
-	if err != nil {
-		return nil, err
-	}
-	return &logSink{fd: fd}, nil
-}
-
-// openLogFile opens the log file for appending. A symlink there is followed
-// only when it is owned by us or by the directory's owner: one planted by
-// another user (in a world-writable directory such as /tmp) would otherwise
-// make us append to a file of their choice, one of root's.
-func openLogFile(path string) (int, error) {
-	const flags = unix.O_WRONLY | unix.O_APPEND | unix.O_CREAT | unix.O_CLOEXEC | unix.O_NONBLOCK
-	fd, err := unix.Open(path, flags|unix.O_NOFOLLOW, 0o644)
-	if err == unix.ELOOP {
-		if err := trustedSymlink(path); err != nil {
-			return -1, err
-		}
-		fd, err = unix.Open(path, flags, 0o644)
-	}
-	if err != nil {
-		return -1, fmt.Errorf("failed to open log file %s: %w", path, err)
-	}
-	// O_NONBLOCK only so that opening a FIFO cannot hang; writes block.
-	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
-	}
-	return fd, nil
-}
-
-// trustedSymlink fails unless the symlink at path is owned by us or by the
-// owner of its directory (the rule of Linux's fs.protected_symlinks for
-// sticky world-writable directories, applied everywhere). Nobody else can
-// replace such a link in a sticky directory.
-func trustedSymlink(path string) error {
-	var link, dir unix.Stat_t
-	if err := unix.Lstat(path, &link); err != nil {
-		return fmt.Errorf("failed to open log file %s: %w", path, err)
-	}
-	if err := unix.Stat(filepath.Dir(path), &dir); err != nil {
-		return fmt.Errorf("failed to open log file %s: %w", path, err)
-	}
-	if link.Uid != uint32(os.Geteuid()) && link.Uid != dir.Uid {
-		return fmt.Errorf("log file %s is a symlink owned by uid %d, neither us nor the owner of its directory; refusing to follow it", path, link.Uid)
-	}
-	return nil
-}
-
-// redirect points our stdout and stderr, and so the workers', at the log.
-func (l *logSink) redirect() error {
-	for _, fd := range []int{1, 2} {
-		if err := unix.Dup3(l.fd, fd, 0); err != nil {
-			return fmt.Errorf("redirect output to the log: %w", err)
-		}
-	}
-	return nil
-}
-
-// finish closes our ends of the log and, for a pipe, waits a little for the
-// command to write out what it has, so that no output is lost on exit.
-func (l *logSink) finish() {
-	if l.pid == 0 {
-		unix.Close(l.fd)
-		return
-	}
-	if null, err := unix.Open(os.DevNull, unix.O_WRONLY|unix.O_CLOEXEC, 0); err == nil {
-		unix.Dup3(null, 1, 0)
-		unix.Dup3(null, 2, 0)
-		unix.Close(null)
-	}
-	unix.Close(l.fd)
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		var ws unix.WaitStatus
-		pid, err := unix.Wait4(l.pid, &ws, unix.WNOHANG, nil)
-		if pid == l.pid || err != nil { // ECHILD: already reaped by the supervisor
-			return
-		}
-	}
 }
 
 // closeOnExecAbove marks every open descriptor above fd close-on-exec.

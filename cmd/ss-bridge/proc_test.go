@@ -185,3 +185,134 @@ func TestFilesNotOpenedThroughSymlinks(t *testing.T) {
 		checkUntouched(t, target)
 	})
 }
+
+// A --log-file command that exits is restarted, with backoff; meanwhile the log goes to the
+// bridge's stderr, which says so; no worker dies of writing to the pipe, and the service
+// keeps answering, restarts included.
+func TestDeadLogCommandIsRestarted(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "log")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	// Each head passes on the first 20 bytes it reads and exits.
+	b := startBridge(t, cmdArgs([]string{"--interval=0", "--port=" + addr, "--log-file=| head -c 20 >> '" + logFile + "'"}, goWorker())...)
+	waitServing(t, addr, 1, 5*time.Second)
+	for gen := 2; gen <= 4; gen++ {
+		b.signal(syscall.SIGHUP)
+		waitServing(t, addr, gen, 5*time.Second)
+		b.waitLine(5*time.Second, `^ss-bridge: log command "head -c 20 >> '.*'" \(pid \d+\) exited; writing the log here until it is restarted$`, gen-1)
+		b.waitLine(5*time.Second, `^ss-bridge: log command "head -c 20 >> '.*'" restarted after .* \(pid \d+\)$`, gen-1)
+	}
+	// Every restarted head got its 20 bytes of the log.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, _ := os.ReadFile(logFile)
+		if len(data) >= 3*20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the log file holds %d bytes, want at least 60 from 3 heads: %q", len(data), data)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := b.count(`died unexpectedly|seems to have failed to start`); n != 0 {
+		t.Errorf("%d workers died", n)
+	}
+	b.signal(syscall.SIGTERM)
+	if code := b.wait(10 * time.Second); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+}
+
+// badExecutable is a worker that passes the start-up check (an executable regular file) but
+// cannot be executed.
+func badExecutable(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "bad-worker")
+	if err := os.WriteFile(p, []byte("\x7fELF garbage"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Why a start with --log-file or --daemonize failed is said on the terminal, not only in the
+// log.
+func TestStartErrorsReachTheTerminal(t *testing.T) {
+	t.Parallel()
+	t.Run("log-file", func(t *testing.T) {
+		t.Parallel()
+		logFile := filepath.Join(t.TempDir(), "log")
+		r := runBridgeCmd(t, 10*time.Second, nil, "--interval=0", "--log-file="+logFile, "--", badExecutable(t))
+		if r.code != 1 || !strings.Contains(r.stderr, "exec format error") {
+			t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+		}
+		waitFileContains(t, logFile, time.Second, "failed to start: failed to exec", "exec format error")
+	})
+	t.Run("daemonize", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		pidFile := filepath.Join(dir, "pid")
+		r := runBridgeCmd(t, 10*time.Second, nil, "--daemonize", "--interval=0", "--log-file="+filepath.Join(dir, "log"), "--pid-file="+pidFile, "--", badExecutable(t))
+		if r.code != 1 || !strings.Contains(r.stderr, "exec format error") {
+			t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if fileExists(pidFile) {
+			t.Errorf("pid file left behind")
+		}
+	})
+	t.Run("daemonize-bad-log", func(t *testing.T) {
+		t.Parallel()
+		r := runBridgeCmd(t, 10*time.Second, nil, "--daemonize", "--interval=0", "--log-file=/nonexistent/dir/log", "--", "sleep", "1000")
+		if r.code != 1 || !strings.Contains(r.stderr, "failed to open log file /nonexistent/dir/log: no such file or directory") {
+			t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+		}
+	})
+	t.Run("daemonize-first-worker-fails", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		pidFile := filepath.Join(dir, "pid")
+		r := runBridgeCmd(t, 10*time.Second, nil, "--daemonize", "--interval=1", "--log-file="+filepath.Join(dir, "log"), "--pid-file="+pidFile, "--", "sh", "-c", "exit 3")
+		t.Cleanup(func() { runBridgeCmd(t, 10*time.Second, nil, "stop", "--pid-file="+pidFile, "--timeout=5", "--force") })
+		if r.code != 1 || !re(`the first worker failed to start: new worker \d+ exited with status 768 before it was ready; the daemon \(pid \d+\) keeps trying, see `).MatchString(r.stderr) {
+			t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+		}
+	})
+}
+
+// --daemonize returns once the first generation has started, so the status file lists it.
+func TestDaemonizeReturnsWithTheFirstGenerationListed(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	pidFile, statusFile := filepath.Join(dir, "pid"), filepath.Join(dir, "status")
+	r := runBridgeCmd(t, 10*time.Second, nil, "--daemonize", "--interval=0.5", "--log-file="+filepath.Join(dir, "log"),
+		"--pid-file="+pidFile, "--status-file="+statusFile, "--", "sleep", "1000")
+	t.Cleanup(func() { runBridgeCmd(t, 10*time.Second, nil, "stop", "--pid-file="+pidFile, "--timeout=5", "--force") })
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	content, gens, err := readStatusFile(statusFile)
+	if err != nil || len(gens) != 1 || gens[0].gen != 1 {
+		t.Errorf("status file right after --daemonize returned: %q (err %v)", content, err)
+	}
+}
+
+// stop --force removes the pid and status files of the server it killed.
+func TestForcedStopRemovesStaleFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	pidFile, statusFile := filepath.Join(dir, "pid"), filepath.Join(dir, "status")
+	b := startBridge(t, cmdArgs([]string{"--interval=0", "--pid-file=" + pidFile, "--status-file=" + statusFile}, goWorker("-ignore-term"))...)
+	w := b.worker(1, 5*time.Second)
+	waitStatus(t, statusFile, statusLine(1, w), 5*time.Second)
+	b.waitLine(5*time.Second, `gen 1 serving`, 1)
+	r := runBridgeCmd(t, 10*time.Second, nil, "stop", "--pid-file="+pidFile, "--status-file="+statusFile, "--timeout=0.5", "--force")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %q", r.code, r.stderr)
+	}
+	for _, f := range []string{pidFile, statusFile} {
+		if fileExists(f) {
+			t.Errorf("%s left behind by stop --force", f)
+		}
+	}
+}
