@@ -93,11 +93,11 @@ func (l *logSink) start() error {
 	if err != nil {
 		return err
 	}
-	if pidfd < 0 {
-		return fmt.Errorf("no pidfd for the log command (pid %d)", pid)
+	l.pid, l.pidfd, l.started = pid, nil, time.Now()
+	if pidfd >= 0 { // else a kernel older than 5.3: the command is not watched
+		unix.SetNonblock(pidfd, true) // for the runtime's poller
+		l.pidfd = os.NewFile(uintptr(pidfd), "pidfd")
 	}
-	unix.SetNonblock(pidfd, true) // for the runtime's poller
-	l.pid, l.pidfd, l.started = pid, os.NewFile(uintptr(pidfd), "pidfd"), time.Now()
 	return nil
 }
 
@@ -110,7 +110,7 @@ func (l *logSink) watch() {
 		l.mu.Lock()
 		pidfd := l.pidfd
 		l.mu.Unlock()
-		for waitReadable(pidfd) {
+		for pidfd != nil && waitReadable(pidfd) {
 			l.mu.Lock()
 			if l.closing {
 				l.mu.Unlock()
