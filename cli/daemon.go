@@ -76,12 +76,20 @@ func daemonize(o *Options, socks []activation.Socket, pid *pidFile) error {
 		return nil
 	case strings.HasPrefix(msg, "error: "):
 		return errors.New(strings.TrimPrefix(msg, "error: "))
+	case strings.HasPrefix(msg, "retrying: "):
+		return &daemonRetryingError{strings.TrimPrefix(msg, "retrying: ")}
 	case ws.Exited() && ws.ExitStatus() != 0:
 		return fmt.Errorf("daemonize: the intermediate process exited with status %d", ws.ExitStatus())
 	default:
 		return fmt.Errorf("the daemon exited before it started; see %s", o.LogFile)
 	}
 }
+
+// daemonRetryingError is a daemon that runs but whose first worker failed
+// to start.
+type daemonRetryingError struct{ msg string }
+
+func (e *daemonRetryingError) Error() string { return e.msg }
 
 func readFull(fd int, buf []byte) (int, error) {
 	total := 0
@@ -171,7 +179,7 @@ func (r *daemonReady) observer(logFile string) func(supervisor.Event) {
 		case supervisor.Started:
 			r.tell("ok")
 		case supervisor.StartFailed:
-			r.tell(fmt.Sprintf("error: the first worker failed to start: %v; the daemon (pid %d) keeps trying, see %s", e.Err, os.Getpid(), logFile))
+			r.tell(fmt.Sprintf("retrying: the first worker failed to start: %v; the daemon (pid %d) keeps trying, see %s", e.Err, os.Getpid(), logFile))
 		}
 	}
 }

@@ -141,6 +141,10 @@ func serve(o *Options) (err error) {
 	}
 	if o.Daemonize && !daemon {
 		err := daemonize(o, socks, pid)
+		var retrying *daemonRetryingError
+		if err != nil && !errors.As(err, &retrying) {
+			return err // the daemon has exited: remove what it may not have
+		}
 		for i := range socks {
 			socks[i].Disown() // the daemon removes them when it exits
 		}

@@ -263,9 +263,18 @@ func TestStartErrorsReachTheTerminal(t *testing.T) {
 	})
 	t.Run("daemonize-bad-log", func(t *testing.T) {
 		t.Parallel()
-		r := runBridgeCmd(t, 10*time.Second, nil, "--daemonize", "--interval=0", "--log-file=/nonexistent/dir/log", "--", "sleep", "1000")
+		dir := t.TempDir()
+		pidFile, sock := filepath.Join(dir, "pid"), filepath.Join(dir, "s.sock")
+		r := runBridgeCmd(t, 10*time.Second, nil, "--daemonize", "--interval=0", "--log-file=/nonexistent/dir/log",
+			"--pid-file="+pidFile, "--path="+sock, "--", "sleep", "1000")
 		if r.code != 1 || !strings.Contains(r.stderr, "failed to open log file /nonexistent/dir/log: no such file or directory") {
 			t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+		}
+		time.Sleep(200 * time.Millisecond)
+		for _, f := range []string{pidFile, sock} {
+			if fileExists(f) {
+				t.Errorf("%s left behind", f)
+			}
 		}
 	})
 	t.Run("daemonize-first-worker-fails", func(t *testing.T) {
