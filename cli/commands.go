@@ -504,6 +504,7 @@ func stopCommand(args []string) int {
 	if errors.As(err, &late) && o.Force {
 		killServer(late.pid, o.StatusFile)
 		fmt.Fprintf(os.Stderr, "server (pid %d) did not exit within %s; killed it and its workers\n", late.pid, o.Timeout)
+		removeStaleFiles(late.pid, o.PidFile, o.StatusFile)
 		return 0
 	}
 	if err != nil {
@@ -524,6 +525,39 @@ func killServer(pid int, statusFile string) {
 		}
 	}
 	unix.Kill(pid, unix.SIGKILL)
+}
+
+// removeStaleFiles removes the pid and status files that a killed server
+// could not, once it is dead and the pid file is still its and unlocked.
+func removeStaleFiles(pid int, pidFile, statusFile string) {
+	f, err := os.Open(pidFile)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(pollEvery) {
+		if held, err := locked(f); err == nil && !held {
+			break
+		}
+		if time.Now().After(deadline) {
+			return
+		}
+	}
+	if p, err := readPid(pidFile); err != nil || p != pid {
+		return // a new server's
+	}
+	if st, err := os.Lstat(pidFile); err != nil || !sameFile(f, st) {
+		return
+	}
+	if statusFile != "" {
+		os.Remove(statusFile)
+	}
+	os.Remove(pidFile)
+}
+
+func sameFile(f *os.File, st os.FileInfo) bool {
+	fst, err := f.Stat()
+	return err == nil && os.SameFile(fst, st)
 }
 
 // logCommand prints the log file, and with --follow what is appended later,

@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/ss-bridge/ss-bridge/activation"
@@ -27,7 +29,8 @@ const (
 )
 
 // daemonize starts the daemon and returns once it has written its pid file
-// and started the first worker, or has failed to.
+// and its first generation has started (and is in the status file), or has
+// failed to: then the error says why.
 func daemonize(o *Options, socks []activation.Socket, pid *pidFile) error {
 	null, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -40,7 +43,9 @@ func daemonize(o *Options, socks []activation.Socket, pid *pidFile) error {
 	}
 	defer unix.Close(ready[0])
 
-	files := []uintptr{uintptr(null), 1, 2, uintptr(null), uintptr(ready[1])}
+	// The daemon never holds the terminal: it opens the log itself, and
+	// reports what stops it before that on the ready pipe.
+	files := []uintptr{uintptr(null), uintptr(null), uintptr(null), uintptr(null), uintptr(ready[1])}
 	if pid != nil {
 		files[daemonPidFD] = pid.f.Fd()
 	}
@@ -64,13 +69,27 @@ func daemonize(o *Options, socks []activation.Socket, pid *pidFile) error {
 	var ws unix.WaitStatus
 	unix.Wait4(child, &ws, 0, nil)
 
-	var buf [16]byte
+	var buf [4096]byte
 	n, _ := readFull(ready[0], buf[:])
-	if string(buf[:n]) != "ok" {
-		return fmt.Errorf("the daemon failed to start; see %s", o.LogFile)
+	switch msg := string(buf[:n]); {
+	case msg == "ok":
+		return nil
+	case strings.HasPrefix(msg, "error: "):
+		return errors.New(strings.TrimPrefix(msg, "error: "))
+	case strings.HasPrefix(msg, "retrying: "):
+		return &daemonRetryingError{strings.TrimPrefix(msg, "retrying: ")}
+	case ws.Exited() && ws.ExitStatus() != 0:
+		return fmt.Errorf("daemonize: the intermediate process exited with status %d", ws.ExitStatus())
+	default:
+		return fmt.Errorf("the daemon exited before it started; see %s", o.LogFile)
 	}
-	return nil
 }
+
+// daemonRetryingError is a daemon that runs but whose first worker failed
+// to start.
+type daemonRetryingError struct{ msg string }
+
+func (e *daemonRetryingError) Error() string { return e.msg }
 
 func readFull(fd int, buf []byte) (int, error) {
 	total := 0
@@ -127,19 +146,40 @@ func adoptSockets(specs []activation.Spec) []activation.Socket {
 	return socks
 }
 
-// daemonReadyObserver tells the foreground process, once the first worker
-// has been started, that the daemon is up, and closes the other descriptors
-// inherited for the hand-over.
-func daemonReadyObserver() func(supervisor.Event) {
+// daemonReady is the daemon's end of the pipe on which it tells the
+// foreground process whether it has started: "ok", or "error: " and why.
+type daemonReady struct{ told bool }
+
+func adoptReadyPipe() *daemonReady {
 	unix.CloseOnExec(daemonReadyFD)
+	return &daemonReady{}
+}
+
+func (r *daemonReady) tell(msg string) {
+	if r == nil || r.told {
+		return
+	}
+	r.told = true
+	unix.Write(daemonReadyFD, []byte(msg))
+	unix.Close(daemonReadyFD)
+}
+
+// fail reports an error that stops the daemon before it is ready.
+func (r *daemonReady) fail(err error) {
+	r.tell("error: " + err.Error())
+}
+
+// observer says "ok" once the first generation has started (so the status
+// file lists it), or why the first start failed. Either way the foreground
+// process returns; in the second, the daemon goes on retrying.
+func (r *daemonReady) observer(logFile string) func(supervisor.Event) {
 	unix.CloseOnExec(daemonPidFD)
-	told := false
 	return func(e supervisor.Event) {
-		if told || e.Kind != supervisor.Spawned {
-			return
+		switch e.Kind {
+		case supervisor.Started:
+			r.tell("ok")
+		case supervisor.StartFailed:
+			r.tell(fmt.Sprintf("retrying: the first worker failed to start: %v; the daemon (pid %d) keeps trying, see %s", e.Err, os.Getpid(), logFile))
 		}
-		told = true
-		unix.Write(daemonReadyFD, []byte("ok"))
-		unix.Close(daemonReadyFD)
 	}
 }

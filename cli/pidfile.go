@@ -19,24 +19,70 @@ type pidFile struct {
 	created bool
 }
 
+// pidFileOpened, when set by a test, runs between opening a pid file and
+// locking it: the window in which another process may replace the file.
+var pidFileOpened func(path string)
+
 // lockPidFile opens path and takes its lock, failing at once when another
 // process holds it. It writes nothing yet: see write.
+//
+// The lock is on the inode, the pid file is the path: a server that exits
+// removes the file and then unlocks it, so a lock taken on a file that is no
+// longer at the path (removed, or replaced by a rename) proves nothing. Then
+// the file at the path is opened and locked again, so that two servers can
+// never both hold the lock of what each takes to be the pid file.
 func lockPidFile(path string) (*pidFile, error) {
+	for attempt := 0; ; attempt++ {
+		p, err := openPidFile(path)
+		if err != nil {
+			return nil, err
+		}
+		if pidFileOpened != nil {
+			pidFileOpened(path)
+		}
+		if err := unix.Flock(int(p.f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			p.f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				pid, _ := readPid(path)
+				return nil, fmt.Errorf("another server is running with pid file %s (pid %d)", path, pid)
+			}
+			return nil, fmt.Errorf("lock pid file %s: %w", path, err)
+		}
+		if p.atPath() {
+			return p, nil
+		}
+		p.f.Close()
+		if attempt == 10 {
+			return nil, fmt.Errorf("pid file %s keeps being replaced while we lock it", path)
+		}
+	}
+}
+
+// openPidFile opens or creates path, refusing to follow a symlink there (in
+// a world-writable directory, anybody could point it at a file of root's)
+// or to open anything but a regular file.
+func openPidFile(path string) (*pidFile, error) {
 	_, statErr := os.Lstat(path)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	// O_NONBLOCK: opening a FIFO planted at the path must not hang.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0o644)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("pid file %s is a symlink; refusing to follow it", path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open pid file: %w", err)
 	}
-	p := &pidFile{path: path, f: f, created: errors.Is(statErr, os.ErrNotExist)}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
 		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			pid, _ := readPid(path)
-			return nil, fmt.Errorf("another server is running with pid file %s (pid %d)", path, pid)
-		}
-		return nil, fmt.Errorf("lock pid file %s: %w", path, err)
+		return nil, fmt.Errorf("pid file %s is not a regular file", path)
 	}
-	return p, nil
+	return &pidFile{path: path, f: f, created: errors.Is(statErr, os.ErrNotExist)}, nil
+}
+
+// atPath reports whether the file we hold is still the one at the path.
+func (p *pidFile) atPath() bool {
+	held, err1 := p.f.Stat()
+	there, err2 := os.Lstat(p.path)
+	return err1 == nil && err2 == nil && os.SameFile(held, there)
 }
 
 // adoptPidFile takes over a pid file opened and locked by the parent of a
@@ -46,8 +92,12 @@ func adoptPidFile(path string, fd int) *pidFile {
 	return &pidFile{path: path, f: os.NewFile(uintptr(fd), path)}
 }
 
-// write replaces the file's content with our pid.
+// write replaces the file's content with our pid, once more making sure that
+// the locked file is the one at the path.
 func (p *pidFile) write() error {
+	if !p.atPath() {
+		return fmt.Errorf("pid file %s was removed or replaced after we locked it", p.path)
+	}
 	if err := p.f.Truncate(0); err != nil {
 		return fmt.Errorf("write pid file %s: %w", p.path, err)
 	}
@@ -58,12 +108,16 @@ func (p *pidFile) write() error {
 }
 
 // release removes the file and only then drops the lock, so that whoever waits
-// for the lock (--stop) finds the server gone and its file removed.
+// for the lock (--stop) finds the server gone and its file removed, and a
+// server that locked the file meanwhile sees it is no longer at the path. A
+// file that is no longer ours is left alone.
 func (p *pidFile) release() {
 	if p == nil {
 		return
 	}
-	os.Remove(p.path)
+	if p.atPath() {
+		os.Remove(p.path)
+	}
 	p.f.Close()
 }
 
@@ -73,7 +127,7 @@ func (p *pidFile) abandon() {
 	if p == nil {
 		return
 	}
-	if p.created {
+	if p.created && p.atPath() {
 		os.Remove(p.path)
 	}
 	p.f.Close()

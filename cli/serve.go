@@ -21,12 +21,18 @@ import (
 // pid file or child.
 func serve(o *Options) (err error) {
 	// Signals are caught before anything is set up, so that a HUP or TERM
-	// arriving during start-up is acted on rather than killing us. SIGPIPE is
-	// caught (not ignored) so that workers still get its default action.
+	// arriving during start-up is acted on rather than killing us. QUIT is
+	// caught too: Go's default action (a stack dump and exit) would leave the
+	// pid, status and socket files behind; it stops the server as TERM does.
 	signals := make(chan os.Signal, 64)
 	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT,
-		syscall.SIGCHLD, syscall.SIGPIPE, syscall.SIGALRM)
+		syscall.SIGCHLD, syscall.SIGALRM, syscall.SIGQUIT)
 	defer signal.Stop(signals)
+	// SIGPIPE is ignored, as 0.35 does, and the disposition survives exec:
+	// workers written for start_server expect it ignored (a client hanging up
+	// is an EPIPE for them, not death), and we must not die writing to a log
+	// command that has gone.
+	signal.Ignore(syscall.SIGPIPE)
 	// The bridge's live heap is near zero; the default GOGC lets each
 	// restart's garbage double RSS (4 to 9 MB over 1,000 restarts) before a
 	// collection. Collecting sooner costs nothing measurable.
@@ -36,6 +42,17 @@ func serve(o *Options) (err error) {
 	os.Unsetenv(daemonStageEnv)
 	// Descriptors our parent leaked to us are not the workers' to inherit.
 	closeOnExecAbove(2)
+	var ready *daemonReady
+	if daemon {
+		// Our stderr is /dev/null until the log is open: say what failed
+		// to the foreground process, which prints it.
+		ready = adoptReadyPipe()
+		defer func() {
+			if err != nil {
+				ready.fail(err)
+			}
+		}()
+	}
 	sd, err := takeSystemd()
 	if err != nil {
 		return err
@@ -77,12 +94,19 @@ func serve(o *Options) (err error) {
 		}
 	}
 
+	// With --daemonize, the daemon opens the log, so that a log command is
+	// its child, restarted by it when it exits.
 	var log *logSink
-	if o.LogFile != "" && !daemon {
+	if o.LogFile != "" && (daemon || !o.Daemonize) {
 		if log, err = openLog(o.LogFile); err != nil {
 			return err
 		}
-		defer log.finish()
+		defer func() {
+			if err != nil && log.redirected {
+				fmt.Fprintf(os.Stderr, "failed to start: %v\n", err) // to the log
+			}
+			log.finish(err != nil)
+		}()
 	}
 
 	var socks []activation.Socket
@@ -113,9 +137,14 @@ func serve(o *Options) (err error) {
 		if err := log.redirect(); err != nil {
 			return err
 		}
+		log.watch()
 	}
 	if o.Daemonize && !daemon {
 		err := daemonize(o, socks, pid)
+		var retrying *daemonRetryingError
+		if err != nil && !errors.As(err, &retrying) {
+			return err // the daemon has exited: remove what it may not have
+		}
 		for i := range socks {
 			socks[i].Disown() // the daemon removes them when it exits
 		}
@@ -142,7 +171,7 @@ func serve(o *Options) (err error) {
 	}
 	var observers []func(supervisor.Event)
 	if daemon {
-		observers = append(observers, daemonReadyObserver())
+		observers = append(observers, ready.observer(o.LogFile))
 	}
 	if sd.active() {
 		cfg.NotifySockets = true
@@ -246,15 +275,14 @@ func workerEnv(o *Options) []string {
 }
 
 // checkWritable fails when the status file could not be written, by creating
-// and removing the temporary file the supervisor writes it through.
+// and removing a temporary file as the supervisor writes it through.
 func checkWritable(statusFile string) error {
-	tmp := statusFile + "." + strconv.Itoa(os.Getpid())
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := supervisor.CreateStatusTemp(statusFile)
 	if err != nil {
 		return fmt.Errorf("status file %s is not writable: %w", statusFile, unwrap(err))
 	}
 	f.Close()
-	return os.Remove(tmp)
+	return os.Remove(f.Name())
 }
 
 func unwrap(err error) error {
@@ -263,73 +291,6 @@ func unwrap(err error) error {
 		return pe.Err
 	}
 	return err
-}
-
-// logSink is where --log-file sends our and the workers' output: a file
-// opened for appending, or the stdin of a command run by /bin/sh.
-type logSink struct {
-	fd  int
-	pid int // the command's, for a pipe
-}
-
-func openLog(spec string) (*logSink, error) {
-	if cmd, ok := strings.CutPrefix(strings.TrimLeft(spec, " \t\n"), "|"); ok {
-		cmd = strings.TrimSpace(cmd)
-		if cmd == "" {
-			return nil, fmt.Errorf("--log-file %q: no command after '|'", spec)
-		}
-		var p [2]int
-		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-			return nil, fmt.Errorf("failed to open pipe:%s: %w", spec, err)
-		}
-		pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", cmd}, &syscall.ProcAttr{
-			Env:   os.Environ(),
-			Files: []uintptr{uintptr(p[0]), 1, 2},
-		})
-		unix.Close(p[0])
-		if err != nil {
-			unix.Close(p[1])
-			return nil, fmt.Errorf("failed to open pipe:%s: %w", spec, err)
-		}
-		return &logSink{fd: p[1], pid: pid}, nil
-	}
-	fd, err := unix.Open(spec, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("failed to open log file %s: %w", spec, err)
-	}
-	return &logSink{fd: fd}, nil
-}
-
-// redirect points our stdout and stderr, and so the workers', at the log.
-func (l *logSink) redirect() error {
-	for _, fd := range []int{1, 2} {
-		if err := unix.Dup3(l.fd, fd, 0); err != nil {
-			return fmt.Errorf("redirect output to the log: %w", err)
-		}
-	}
-	return nil
-}
-
-// finish closes our ends of the log and, for a pipe, waits a little for the
-// command to write out what it has, so that no output is lost on exit.
-func (l *logSink) finish() {
-	if l.pid == 0 {
-		unix.Close(l.fd)
-		return
-	}
-	if null, err := unix.Open(os.DevNull, unix.O_WRONLY|unix.O_CLOEXEC, 0); err == nil {
-		unix.Dup3(null, 1, 0)
-		unix.Dup3(null, 2, 0)
-		unix.Close(null)
-	}
-	unix.Close(l.fd)
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		var ws unix.WaitStatus
-		pid, err := unix.Wait4(l.pid, &ws, unix.WNOHANG, nil)
-		if pid == l.pid || err != nil { // ECHILD: already reaped by the supervisor
-			return
-		}
-	}
 }
 
 // closeOnExecAbove marks every open descriptor above fd close-on-exec.

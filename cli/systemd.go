@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -194,6 +195,9 @@ func listenFDsShim(args []string) int {
 		fmt.Fprintln(os.Stderr, "ss-bridge: --listen-fds shim: no command")
 		return 127
 	}
+	// The Go runtime of this shim has replaced the SIG_IGN of SIGPIPE that
+	// the bridge passed on by its handler, which exec resets to the default.
+	signal.Ignore(syscall.SIGPIPE)
 	path, err := exec.LookPath(args[1])
 	if err == nil {
 		err = syscall.Exec(path, args[1:], os.Environ())

@@ -3,13 +3,20 @@ package supervisor
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // writeStatusFile replaces path with one "GEN:PID" line per generation, in
-// ascending numeric order of generation. The content is written to
-// "PATH.<our pid>" and renamed into place, so a reader never sees half a file.
+// ascending numeric order of generation. The content is written to a new
+// temporary file next to it and renamed into place, so a reader never sees
+// half a file. The temporary's name is unpredictable and it is created with
+// O_EXCL, which never follows a symlink: 0.35's "PATH.<pid>" could be planted
+// as a symlink to any file, which a root server would then overwrite. The
+// rename replaces whatever is at path, a symlink too, without following it.
 func writeStatusFile(path string, genPID map[int]int) error {
 	gens := make([]int, 0, len(genPID))
 	for g := range genPID {
@@ -20,8 +27,16 @@ func writeStatusFile(path string, genPID map[int]int) error {
 	for _, g := range gens {
 		fmt.Fprintf(&b, "%d:%d\n", g, genPID[g])
 	}
-	tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+	f, err := CreateStatusTemp(path)
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.WriteString(b.String())
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write status file %s: %w", tmp, err)
 	}
@@ -31,3 +46,26 @@ func writeStatusFile(path string, genPID map[int]int) error {
 	}
 	return nil
 }
+
+// CreateStatusTemp creates, with mode 0644, a new temporary file to write the
+// status file at path through.
+func CreateStatusTemp(path string) (*os.File, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return nil, fmt.Errorf("create a temporary file for the status file %s: %w", path, err)
+	}
+	// CreateTemp makes it 0600; 0.35's is readable by all (less the umask).
+	if err := f.Chmod(0o644 &^ umask); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("chmod %s: %w", f.Name(), err)
+	}
+	return f, nil
+}
+
+// umask is the process's umask, which Chmod does not apply.
+var umask = func() os.FileMode {
+	m := unix.Umask(0)
+	unix.Umask(m)
+	return os.FileMode(m)
+}()

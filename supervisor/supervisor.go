@@ -251,7 +251,7 @@ func (cfg Config) checkCommand() error {
 
 // Run starts the first generation and supervises until a TERM or INT arrives
 // on signals and every generation has exited. It acts on SIGHUP, SIGTERM,
-// SIGINT and SIGCHLD from signals and ignores the others; the caller routes
+// SIGINT, SIGQUIT (as TERM) and SIGCHLD from signals and ignores the others; the caller routes
 // the process's signals there (signal.Notify). Run returns an error only when
 // the first worker cannot be executed at all; later failures are retried.
 // The status file, if Run created it, is removed before Run returns.
@@ -328,6 +328,8 @@ func (s *Supervisor) handleSignal(sig os.Signal) {
 		s.stop("TERM", s.cfg.SignalOnTERM)
 	case syscall.SIGINT:
 		s.stop("INT", syscall.SIGTERM)
+	case syscall.SIGQUIT:
+		s.stop("QUIT", s.cfg.SignalOnTERM)
 	}
 }
 

@@ -1,0 +1,299 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// logSink is where --log-file sends our and the workers' output: a file
+// opened for appending, or the stdin of a command run by /bin/sh.
+//
+// For a command, we keep the read end of its pipe, so that nobody writing to
+// the pipe ever gets EPIPE (a Go worker dies of it, whatever SIGPIPE's
+// disposition). When the command exits, we copy what arrives on the pipe to
+// the stderr we started with, say so there, and start the command again with
+// backoff on the same pipe: workers keep their descriptors and lose nothing.
+type logSink struct {
+	fd       int      // the file, or the pipe's write end: our stdout and stderr
+	fallback *os.File // the stderr we started with
+	// redirected is set once our stdout and stderr go to the log.
+	redirected bool
+
+	// For a command:
+	command string
+	readEnd int // the pipe's read end, each command's stdin
+
+	mu       sync.Mutex
+	pid      int
+	pidfd    *os.File // readable once the command has exited
+	started  time.Time
+	backoff  time.Duration
+	draining *drain
+	closing  bool
+}
+
+// Backoff between restarts of a log command that keeps exiting; it is reset
+// once a command has run for logRestartReset.
+const (
+	logRestartMin   = 100 * time.Millisecond
+	logRestartMax   = 30 * time.Second
+	logRestartReset = 10 * time.Second
+)
+
+func openLog(spec string) (*logSink, error) {
+	stderr, err := unix.FcntlInt(2, unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return nil, fmt.Errorf("--log-file: dup stderr: %w", err)
+	}
+	fallback := os.NewFile(uintptr(stderr), "stderr")
+	if cmd, ok := strings.CutPrefix(strings.TrimLeft(spec, " \t\n"), "|"); ok {
+		cmd = strings.TrimSpace(cmd)
+		if cmd == "" {
+			fallback.Close()
+			return nil, fmt.Errorf("--log-file %q: no command after '|'", spec)
+		}
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			fallback.Close()
+			return nil, fmt.Errorf("failed to open pipe:%s: %w", spec, err)
+		}
+		l := &logSink{fd: p[1], command: cmd, readEnd: p[0], fallback: fallback, backoff: logRestartMin}
+		if err := l.start(); err != nil {
+			unix.Close(l.fd)
+			unix.Close(l.readEnd)
+			fallback.Close()
+			return nil, fmt.Errorf("failed to open pipe:%s: %w", spec, err)
+		}
+		return l, nil
+	}
+	fd, err := openLogFile(spec)
+	if err != nil {
+		fallback.Close()
+		return nil, err
+	}
+	return &logSink{fd: fd, fallback: fallback}, nil
+}
+
+// start runs the command on the pipe. Called with mu held, or before watch.
+func (l *logSink) start() error {
+	pidfd := -1
+	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", l.command}, &syscall.ProcAttr{
+		Env:   os.Environ(),
+		Files: []uintptr{uintptr(l.readEnd), l.fallback.Fd(), l.fallback.Fd()},
+		Sys:   &syscall.SysProcAttr{PidFD: &pidfd},
+	})
+	if err != nil {
+		return err
+	}
+	l.pid, l.pidfd, l.started = pid, nil, time.Now()
+	if pidfd >= 0 { // else a kernel older than 5.3: the command is not watched
+		unix.SetNonblock(pidfd, true) // for the runtime's poller
+		l.pidfd = os.NewFile(uintptr(pidfd), "pidfd")
+	}
+	return nil
+}
+
+// watch restarts the command whenever it exits, until finish.
+func (l *logSink) watch() {
+	if l.command == "" {
+		return
+	}
+	go func() {
+		l.mu.Lock()
+		pidfd := l.pidfd
+		l.mu.Unlock()
+		for pidfd != nil && waitReadable(pidfd) {
+			l.mu.Lock()
+			if l.closing {
+				l.mu.Unlock()
+				return
+			}
+			pidfd.Close()
+			pid := l.pid
+			if time.Since(l.started) >= logRestartReset {
+				l.backoff = logRestartMin
+			}
+			l.draining = startDrain(l.readEnd, l.fallback)
+			l.mu.Unlock()
+			fmt.Fprintf(l.fallback, "ss-bridge: log command %q (pid %d) exited; writing the log here until it is restarted\n", l.command, pid)
+			for {
+				l.mu.Lock()
+				delay := l.backoff
+				l.backoff = min(2*l.backoff, logRestartMax)
+				l.mu.Unlock()
+				time.Sleep(delay)
+				l.mu.Lock()
+				if l.closing {
+					l.mu.Unlock()
+					return
+				}
+				l.draining.stop()
+				l.draining = nil
+				err := l.start()
+				if err != nil {
+					l.draining = startDrain(l.readEnd, l.fallback)
+				}
+				pid, pidfd = l.pid, l.pidfd
+				l.mu.Unlock()
+				if err == nil {
+					fmt.Fprintf(l.fallback, "ss-bridge: log command %q restarted after %s (pid %d)\n", l.command, delay, pid)
+					break
+				}
+				fmt.Fprintf(l.fallback, "ss-bridge: restart log command %q: %v\n", l.command, err)
+			}
+		}
+	}()
+}
+
+// waitReadable waits until f is readable; false if it was closed.
+func waitReadable(f *os.File) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	err = rc.Read(func(fd uintptr) bool {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, _ := unix.Poll(p, 0)
+		return n > 0
+	})
+	return err == nil
+}
+
+// drain copies the log pipe to stderr while no command reads it, through a
+// description of its own: non-blocking, so that it can be stopped, while the
+// command's stays blocking.
+type drain struct {
+	f    *os.File
+	done chan struct{}
+}
+
+func startDrain(readEnd int, to io.Writer) *drain {
+	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", readEnd), os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil
+	}
+	d := &drain{f: f, done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		io.Copy(ignoreErrors{to}, f)
+	}()
+	return d
+}
+
+func (d *drain) stop() {
+	if d == nil {
+		return
+	}
+	d.f.SetReadDeadline(time.Now())
+	<-d.done
+	d.f.Close()
+}
+
+// ignoreErrors is a writer that never fails, so that the drain goes on (and
+// writers to the pipe never block) when our stderr is gone.
+type ignoreErrors struct{ w io.Writer }
+
+func (w ignoreErrors) Write(p []byte) (int, error) {
+	w.w.Write(p)
+	return len(p), nil
+}
+
+// redirect points our stdout and stderr, and so the workers', at the log.
+func (l *logSink) redirect() error {
+	for _, fd := range []int{1, 2} {
+		if err := unix.Dup3(l.fd, fd, 0); err != nil {
+			return fmt.Errorf("redirect output to the log: %w", err)
+		}
+	}
+	l.redirected = true
+	return nil
+}
+
+// finish closes our ends of the log and, for a pipe, waits a little for the
+// command to write out what it has, so that no output is lost on exit. With
+// failed, our stderr is the one we started with again, so that the one line
+// saying why we failed reaches it too.
+func (l *logSink) finish(failed bool) {
+	defer func() {
+		if failed {
+			unix.Dup3(int(l.fallback.Fd()), 2, 0)
+		}
+		l.fallback.Close()
+	}()
+	if l.command == "" {
+		unix.Close(l.fd)
+		return
+	}
+	l.mu.Lock()
+	l.closing = true
+	pidfd, pid, d := l.pidfd, l.pid, l.draining
+	l.draining = nil
+	l.mu.Unlock()
+	if null, err := unix.Open(os.DevNull, unix.O_WRONLY|unix.O_CLOEXEC, 0); err == nil {
+		unix.Dup3(null, 1, 0)
+		unix.Dup3(null, 2, 0)
+		unix.Close(null)
+	}
+	unix.Close(l.fd)
+	d.stop()
+	if pidfd != nil {
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			var ws unix.WaitStatus
+			p, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+			if p == pid || err != nil { // ECHILD: already reaped by the supervisor
+				break
+			}
+		}
+		pidfd.Close()
+	}
+	unix.Close(l.readEnd)
+}
+
+// openLogFile opens the log file for appending. A symlink there is followed
+// only when it is owned by us or by the directory's owner: one planted by
+// another user (in a world-writable directory such as /tmp) would otherwise
+// make us append to a file of their choice, one of root's.
+func openLogFile(path string) (int, error) {
+	const flags = unix.O_WRONLY | unix.O_APPEND | unix.O_CREAT | unix.O_CLOEXEC | unix.O_NONBLOCK
+	fd, err := unix.Open(path, flags|unix.O_NOFOLLOW, 0o644)
+	if err == unix.ELOOP {
+		if err := trustedSymlink(path); err != nil {
+			return -1, err
+		}
+		fd, err = unix.Open(path, flags, 0o644)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("failed to open log file %s: %w", path, err)
+	}
+	// O_NONBLOCK only so that opening a FIFO cannot hang; writes block.
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+	}
+	return fd, nil
+}
+
+// trustedSymlink fails unless the symlink at path is owned by us or by the
+// owner of its directory (the rule of Linux's fs.protected_symlinks for
+// sticky world-writable directories, applied everywhere). Nobody else can
+// replace such a link in a sticky directory.
+func trustedSymlink(path string) error {
+	var link, dir unix.Stat_t
+	if err := unix.Lstat(path, &link); err != nil {
+		return fmt.Errorf("failed to open log file %s: %w", path, err)
+	}
+	if err := unix.Stat(filepath.Dir(path), &dir); err != nil {
+		return fmt.Errorf("failed to open log file %s: %w", path, err)
+	}
+	if link.Uid != uint32(os.Geteuid()) && link.Uid != dir.Uid {
+		return fmt.Errorf("log file %s is a symlink owned by uid %d, neither us nor the owner of its directory; refusing to follow it", path, link.Uid)
+	}
+	return nil
+}

@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// A pid file replaced between our open and our lock (by a server that exits:
+// unlink, then unlock; or by a rename) is not the pid file any more: the lock
+// is taken again on the file at the path, so that a second server refuses.
+func TestPidFileReplacedBeforeTheLockIsRelocked(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pid")
+	if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	replaced := false
+	pidFileOpened = func(p string) {
+		if !replaced {
+			replaced = true
+			os.WriteFile(p+".new", []byte("2\n"), 0o644)
+			os.Rename(p+".new", p)
+		}
+	}
+	defer func() { pidFileOpened = nil }()
+	first, err := lockPidFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.release()
+	if !replaced {
+		t.Fatal("the hook did not run")
+	}
+	second, err := lockPidFile(path)
+	if err == nil {
+		second.release()
+		t.Fatal("two servers hold the lock of one pid file")
+	}
+	if !strings.Contains(err.Error(), "another server is running with pid file") {
+		t.Errorf("second server: %v", err)
+	}
+	if err := first.write(); err != nil {
+		t.Errorf("write: %v", err)
+	}
+}
+
+// A pid file replaced after we locked it is not written to, and not removed.
+func TestPidFileReplacedAfterTheLockIsNotOurs(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pid")
+	p, err := lockPidFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(path+".new", []byte("other\n"), 0o644)
+	os.Rename(path+".new", path)
+	if err := p.write(); err == nil || !strings.Contains(err.Error(), "was removed or replaced after we locked it") {
+		t.Errorf("write: %v", err)
+	}
+	p.release()
+	if data, err := os.ReadFile(path); err != nil || string(data) != "other\n" {
+		t.Errorf("another's pid file after release: %q, %v", data, err)
+	}
+}
