@@ -29,7 +29,8 @@ type Config struct {
 	// the directory named by its ENVDIR are laid over it, and
 	// SERVER_STARTER_PORT and SERVER_STARTER_GENERATION are set.
 	// ENABLE_AUTO_RESTART, AUTO_RESTART_INTERVAL and KILL_OLD_DELAY are read
-	// from the same overlay whenever they are needed, as 0.35 does.
+	// from the same overlay, at each start attempt and when an auto-restart
+	// falls due.
 	Env []string
 	// PortEnv is the value of SERVER_STARTER_PORT.
 	PortEnv string
