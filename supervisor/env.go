@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -89,13 +88,15 @@ func withEnvDir(base environment, readDir func(string) ([]os.DirEntry, error), w
 	if err != nil {
 		return env
 	}
+	// One buffer for every file: the directory may hold thousands.
+	buf := make([]byte, envDirFileMax+1)
 	for _, e := range entries {
 		name := e.Name()
 		if strings.HasPrefix(name, ".") || strings.ContainsRune(name, '=') {
 			continue
 		}
 		path := filepath.Join(dir, name)
-		line, ok, err := firstLine(path)
+		line, ok, err := firstLine(path, buf)
 		if err != nil {
 			warn("envdir: ignoring %s: %v", path, err)
 		}
@@ -112,43 +113,57 @@ var (
 	errNUL        = errors.New("contains a NUL byte")
 )
 
-// firstLine reads the first line of the file at path, without its newline. ok
+// firstLine reads the first line of the file at path, without its newline,
+// through buf, which holds envDirFileMax+1 bytes. ok
 // is false for a file with nothing to read; err says why a file that is there
 // is not used. Directories and unreadable files are skipped without an error,
 // as 0.35 skips them.
-func firstLine(path string) (line string, ok bool, err error) {
-	// O_NONBLOCK: opening a FIFO must not wait for a writer.
+func firstLine(path string, buf []byte) (line string, ok bool, err error) {
+	// Plain system calls rather than an *os.File: this runs for every file
+	// of a directory that may hold thousands. O_NONBLOCK: opening a FIFO
+	// must not wait for a writer.
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", false, nil
 	}
-	f := os.NewFile(uintptr(fd), path)
-	defer f.Close()
-	st, err := f.Stat()
-	switch {
-	case err != nil, st.IsDir():
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	switch err := unix.Fstat(fd, &st); {
+	case err != nil, st.Mode&unix.S_IFMT == unix.S_IFDIR:
 		return "", false, nil
-	case !st.Mode().IsRegular():
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
 		return "", false, errNotRegular
 	}
-	buf := make([]byte, envDirFileMax+1)
-	n, err := io.ReadFull(f, buf)
-	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
-		return "", false, nil
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return "", false, nil
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+		if bytes.IndexByte(buf[n-m:n], '\n') >= 0 {
+			break // the first line is in
+		}
 	}
-	buf = buf[:n]
-	if i := bytes.IndexByte(buf, '\n'); i >= 0 {
-		buf = buf[:i]
+	line8 := buf[:n]
+	if i := bytes.IndexByte(line8, '\n'); i >= 0 {
+		line8 = line8[:i]
 	} else if n > envDirFileMax {
 		return "", false, errLineLong
 	}
 	if n == 0 {
 		return "", false, nil
 	}
-	if bytes.IndexByte(buf, 0) >= 0 {
+	if bytes.IndexByte(line8, 0) >= 0 {
 		return "", false, errNUL
 	}
-	return string(buf), true, nil
+	return string(line8), true, nil
 }
 
 // truthy is Perl's truth for an environment value: unset, "" and "0" are false.

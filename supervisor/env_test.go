@@ -151,3 +151,15 @@ func TestAutoRestartRereadsEnvDirWhenDue(t *testing.T) {
 		t.Fatalf("%d starts after auto-restart was turned off in the envdir, want 1:\n%s", n, h.log)
 	}
 }
+
+// BenchmarkEnvDir5000 reads an envdir of 5,000 small files.
+func BenchmarkEnvDir5000(b *testing.B) {
+	dir := b.TempDir()
+	for i := 0; i < 5000; i++ {
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("VAR%d", i)), []byte("value\n"), 0o644)
+	}
+	base := environment{"ENVDIR": dir}
+	for b.Loop() {
+		withEnvDir(base, os.ReadDir, nil)
+	}
+}
