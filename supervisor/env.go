@@ -64,7 +64,13 @@ func ParseSeconds(v string) (time.Duration, error) {
 // and a huge file must not cost its size in memory.
 const envDirFileMax = 128 << 10
 
-// withEnvDir returns base overlaid with the files of the directory named by
+// withEnvDir is readEnvDir without warnings, for a look at what a worker
+// would get (Check).
+func withEnvDir(base environment) environment {
+	return readEnvDir(base, os.ReadDir, nil)
+}
+
+// readEnvDir returns base overlaid with the files of the directory named by
 // ENVDIR, as 0.35 reads them: each file NAME not starting with '.' sets NAME
 // to its first line; empty and unreadable files are skipped. Because the
 // overlay is rebuilt from base every time, a file removed since the last read
@@ -72,7 +78,7 @@ const envDirFileMax = 128 << 10
 // the loop), and a file whose first line is too long or holds a NUL byte
 // (which exec refuses) is skipped; warn, when not nil, is told why, naming the
 // file. readDir lists the directory.
-func withEnvDir(base environment, readDir func(string) ([]os.DirEntry, error), warn func(format string, args ...any)) environment {
+func readEnvDir(base environment, readDir func(string) ([]os.DirEntry, error), warn func(format string, args ...any)) environment {
 	env := make(environment, len(base))
 	for k, v := range base {
 		env[k] = v

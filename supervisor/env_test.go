@@ -59,7 +59,7 @@ func TestEnvDirSkipsWhatItCannotUse(t *testing.T) {
 	var warnings []string
 	warn := func(format string, args ...any) { warnings = append(warnings, fmt.Sprintf(format, args...)) }
 	done := make(chan environment)
-	go func() { done <- withEnvDir(environment{"ENVDIR": dir}, os.ReadDir, warn) }()
+	go func() { done <- readEnvDir(environment{"ENVDIR": dir}, os.ReadDir, warn) }()
 	var env environment
 	select {
 	case env = <-done:
@@ -160,6 +160,6 @@ func BenchmarkEnvDir5000(b *testing.B) {
 	}
 	base := environment{"ENVDIR": dir}
 	for b.Loop() {
-		withEnvDir(base, os.ReadDir, nil)
+		withEnvDir(base)
 	}
 }

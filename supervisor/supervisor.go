@@ -236,7 +236,7 @@ func (cfg Config) Check() error {
 // a typo is an error at start-up rather than a worker failing to start.
 func (cfg Config) checkCommand() error {
 	name := cfg.Command[0]
-	path, err := withEnvDir(newEnvironment(cfg.Env), os.ReadDir, nil).lookPath(name)
+	path, err := withEnvDir(newEnvironment(cfg.Env)).lookPath(name)
 	if err != nil {
 		return fmt.Errorf("server program %s: %w", name, unwrapPathError(err))
 	}
@@ -387,7 +387,7 @@ func (s *Supervisor) spawn() error {
 // auto-restart falls due), not at every wake: the directory may hold
 // thousands of files, and the loop wakes for every worker notification.
 func (s *Supervisor) readEnv() environment {
-	env := withEnvDir(s.base, s.sys.readDir, s.logf)
+	env := readEnvDir(s.base, s.sys.readDir, s.logf)
 	s.settings = settingsOf(env, s.base, s.logf)
 	return env
 }
