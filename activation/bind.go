@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 
 	"time"
 
@@ -57,6 +58,9 @@ type Options struct {
 // On error every socket Open bound is closed and its file removed; inherited
 // sockets are left open. The error names the spec that failed.
 func Open(specs []Spec, inherited []Socket, opts Options) ([]Socket, error) {
+	if err := checkSpecs(specs, len(specs)+len(inherited)); err != nil {
+		return nil, err
+	}
 	socks := make([]Socket, 0, len(specs)+len(inherited))
 	used := make([]bool, len(inherited))
 	var bound []Socket
@@ -86,6 +90,50 @@ func Open(specs []Spec, inherited []Socket, opts Options) ([]Socket, error) {
 		return nil, err
 	}
 	return socks, nil
+}
+
+// checkSpecs fails, before anything is bound, on a socket asked for twice and
+// on a descriptor pin that the workers could not get; the workers will get
+// nsockets sockets.
+func checkSpecs(specs []Spec, nsockets int) error {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("getrlimit RLIMIT_NOFILE: %w", err)
+	}
+	seen := map[string]bool{}
+	for _, spec := range specs {
+		// A worker's descriptor table is set up in the forked child, under
+		// our limit, and syscall.ForkExec needs room above it: one
+		// descriptor for its error pipe and one for each socket it moves up
+		// before putting it in place. A pin that does not fit fails every
+		// start with EBADF.
+		if need := uint64(spec.WorkerFD) + 3 + uint64(nsockets); spec.Pinned && need > lim.Cur {
+			return fmt.Errorf("--port %s=%d: descriptor %d needs a limit of open files of at least %d (RLIMIT_NOFILE is %d)",
+				spec.display(), spec.WorkerFD, spec.WorkerFD, need, lim.Cur)
+		}
+		key := string(spec.Network) + " " + spec.Key
+		switch {
+		case spec.Network == Unix:
+			// Two spellings of one path are one file: binding the second
+			// would replace the first's socket file, orphaning its socket.
+			abs, err := filepath.Abs(spec.Path)
+			if err != nil {
+				return fmt.Errorf("--path %s: %w", spec.Path, err)
+			}
+			key = "unix " + abs
+		case spec.Port == 0:
+			continue // each gets a port of its own
+		}
+		if seen[key] {
+			if spec.Network == Unix {
+				return fmt.Errorf("--path %s is given twice", spec.Path)
+			}
+			// TCP would fail to bind, but UDP with SO_REUSEADDR would not.
+			return fmt.Errorf("--port %s is given twice", spec.display())
+		}
+		seen[key] = true
+	}
+	return nil
 }
 
 // Requested reports whether one of specs asks for the address s is bound to,
@@ -254,6 +302,9 @@ func bindUnix(spec Spec, opts Options) (Socket, error) {
 		if st.Mode().Type() != os.ModeSocket {
 			return Socket{}, fmt.Errorf("%s: %s exists and is not a socket; not removing it", what, describeMode(st.Mode()))
 		}
+		if err := checkStale(path); err != nil {
+			return Socket{}, fmt.Errorf("%s: %w", what, err)
+		}
 		if opts.Warn != nil {
 			fmt.Fprintf(opts.Warn, "removing existing socket file:%s\n", path)
 		}
@@ -287,6 +338,28 @@ func bindUnix(spec Spec, opts Options) (Socket, error) {
 		return Socket{}, fmt.Errorf("%s: listen: %w", what, err)
 	}
 	return sock, nil
+}
+
+// checkStale fails unless the socket file at path is stale: only a refused
+// connection proves that nobody listens on it. Removing a live one would
+// leave its server running but unreachable.
+func checkStale(path string) error {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+	switch {
+	case errors.Is(err, unix.ECONNREFUSED), errors.Is(err, unix.ENOENT):
+		return nil
+	case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINPROGRESS):
+		// EAGAIN: a listener whose backlog is full.
+		return fmt.Errorf("%s is in use: another process listens on it", path)
+	case errors.Is(err, unix.EPROTOTYPE):
+		return fmt.Errorf("%s is in use by a datagram socket", path)
+	}
+	return fmt.Errorf("%s exists and may be in use (connect: %w); not removing it", path, err)
 }
 
 func describeMode(m os.FileMode) string {

@@ -1,12 +1,15 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ss-bridge/ss-bridge/supervisor"
 )
 
 // Options are start_server's options, plus ss-bridge's own.
@@ -79,20 +82,52 @@ type option struct {
 	set  func(o *Options, v string) error
 }
 
+// secondsValue reads a duration option; every one has the same bound (see
+// supervisor.ParseSeconds).
 func secondsValue(v string) (time.Duration, error) {
-	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-	if err != nil || f < 0 || f > 1e9 {
-		return 0, fmt.Errorf("a number of seconds (0 or more) expected")
-	}
-	return time.Duration(f * float64(time.Second)), nil
+	return supervisor.ParseSeconds(v)
 }
 
+// floatValue reads a duration option that is exported to the workers'
+// environment as the number given.
 func floatValue(v string) (*float64, error) {
-	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-	if err != nil || f < 0 {
-		return nil, fmt.Errorf("a number of seconds (0 or more) expected")
+	if _, err := supervisor.ParseSeconds(v); err != nil {
+		return nil, err
 	}
+	f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
 	return &f, nil
+}
+
+// watchdogValue reads --worker-watchdog. A positive value below a
+// microsecond is refused rather than passed on as WATCHDOG_USEC=0, which
+// tells a worker that it has no watchdog.
+func watchdogValue(v string) (time.Duration, error) {
+	d, err := supervisor.ParseSeconds(v)
+	if err == nil && d > 0 && d < time.Microsecond {
+		return 0, errors.New("below 1 microsecond, the unit of WATCHDOG_USEC")
+	}
+	return d, err
+}
+
+// checkDurationVars fails when the KILL_OLD_DELAY or AUTO_RESTART_INTERVAL
+// that the workers' environment env ends up with (an option's, or one we
+// inherited) is not a valid duration: bad input is an error at start-up, not
+// a surprise at the first restart.
+func checkDurationVars(env []string) error {
+	last := map[string]string{}
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			last[k] = v
+		}
+	}
+	for _, name := range []string{"KILL_OLD_DELAY", "AUTO_RESTART_INTERVAL"} {
+		if v, ok := last[name]; ok {
+			if _, err := supervisor.ParseSeconds(v); err != nil {
+				return fmt.Errorf("%s=%s: %w", name, v, err)
+			}
+		}
+	}
+	return nil
 }
 
 var options = []option{
@@ -141,7 +176,7 @@ var options = []option{
 		return nil
 	}},
 	{"ready-timeout", seconds, func(o *Options, v string) (err error) { o.ReadyTimeout, err = secondsValue(v); return }},
-	{"worker-watchdog", seconds, func(o *Options, v string) (err error) { o.WorkerWatchdog, err = secondsValue(v); return }},
+	{"worker-watchdog", seconds, func(o *Options, v string) (err error) { o.WorkerWatchdog, err = watchdogValue(v); return }},
 	{"listen-fds", flag, func(o *Options, _ string) error { o.ListenFDs = true; return nil }},
 	{"restart", flag, func(o *Options, _ string) error { o.Restart = true; return nil }},
 	{"stop", flag, func(o *Options, _ string) error { o.Stop = true; return nil }},
@@ -212,7 +247,7 @@ func parseWith(table []option, args []string) (*Options, error) {
 			value = args[i]
 		}
 		if err := opt.set(o, value); err != nil {
-			return nil, fmt.Errorf("value %q invalid for option --%s: %w", value, opt.name, err)
+			return nil, fmt.Errorf("--%s=%s: %w", opt.name, value, err)
 		}
 	}
 	return o, nil

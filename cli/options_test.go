@@ -37,13 +37,13 @@ func TestParseErrors(t *testing.T) {
 		"--s=1":              "option s is ambiguous (signal-on-hup, signal-on-term, status-file, stop)",
 		"--port":             "option --port requires an argument",
 		"--daemonize=1":      "option --daemonize does not take an argument",
-		"--interval=abc":     `value "abc" invalid for option --interval`,
-		"--interval=-1":      `value "-1" invalid for option --interval`,
-		"--backlog=0":        `value "0" invalid for option --backlog`,
-		"--path-mode=0999":   `value "0999" invalid for option --path-mode`,
-		"--kill-timeout=1x":  `value "1x" invalid for option --kill-timeout`,
-		"--max-backoff=-2":   `value "-2" invalid for option --max-backoff`,
-		"--auto-restart-i=x": `value "x" invalid for option --auto-restart-interval`,
+		"--interval=abc":     `--interval=abc: `,
+		"--interval=-1":      `--interval=-1: `,
+		"--backlog=0":        `--backlog=0: `,
+		"--path-mode=0999":   `--path-mode=0999: `,
+		"--kill-timeout=1x":  `--kill-timeout=1x: `,
+		"--max-backoff=-2":   `--max-backoff=-2: `,
+		"--auto-restart-i=x": `--auto-restart-interval=x: `,
 	} {
 		_, err := Parse(strings.Fields(args))
 		if err == nil || !strings.HasPrefix(err.Error(), want) {

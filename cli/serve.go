@@ -221,6 +221,7 @@ func configure(o *Options) (supervisor.Config, []activation.Spec, error) {
 	if cfg.SignalOnTERM, err = signalOption("--signal-on-term", o.SignalOnTERM); err != nil {
 		return cfg, nil, err
 	}
+	cfg.SignalOnHUPName, cfg.SignalOnTERMName = signalNumber(o.SignalOnHUP), signalNumber(o.SignalOnTERM)
 	var specs []activation.Spec
 	for _, p := range o.Ports {
 		spec, err := activation.ParsePort(p)
@@ -240,6 +241,9 @@ func configure(o *Options) (supervisor.Config, []activation.Spec, error) {
 		specs = append(specs, spec)
 	}
 	cfg.Env = workerEnv(o)
+	if err := checkDurationVars(cfg.Env); err != nil {
+		return cfg, nil, err
+	}
 	return cfg, specs, nil
 }
 
@@ -252,6 +256,15 @@ func signalOption(option, name string) (syscall.Signal, error) {
 		return 0, fmt.Errorf("%s: %w", option, err)
 	}
 	return sig, nil
+}
+
+// signalNumber is a signal option given as a number, which the log lines
+// print as given, as 0.35 does; "" for a name.
+func signalNumber(given string) string {
+	if n := strings.TrimSpace(given); n != "" && strings.Trim(n, "0123456789") == "" {
+		return n
+	}
+	return ""
 }
 
 // workerEnv is our environment with the options that 0.35 exports to it.

@@ -29,7 +29,8 @@ type Config struct {
 	// the directory named by its ENVDIR are laid over it, and
 	// SERVER_STARTER_PORT and SERVER_STARTER_GENERATION are set.
 	// ENABLE_AUTO_RESTART, AUTO_RESTART_INTERVAL and KILL_OLD_DELAY are read
-	// from the same overlay whenever they are needed, as 0.35 does.
+	// from the same overlay, at each start attempt and when an auto-restart
+	// falls due.
 	Env []string
 	// PortEnv is the value of SERVER_STARTER_PORT.
 	PortEnv string
@@ -40,6 +41,9 @@ type Config struct {
 	// SignalOnHUP goes to the old generation once a new one has started;
 	// SignalOnTERM to every generation when the supervisor receives TERM.
 	SignalOnHUP, SignalOnTERM syscall.Signal
+	// SignalOnHUPName and SignalOnTERMName, when set, name those signals in
+	// the log lines: 0.35 prints a signal given as a number ("9") as given.
+	SignalOnHUPName, SignalOnTERMName string
 	// KillTimeout, when positive, is how long a signalled worker may take to
 	// exit before it gets SIGKILL.
 	KillTimeout time.Duration
@@ -148,6 +152,8 @@ type Supervisor struct {
 	sys  sys
 	log  io.Writer
 	base environment
+	// settings are those of the envdir as last read (see readEnv).
+	settings settings
 
 	generation int             // SERVER_STARTER_GENERATION of the last start attempt
 	current    *worker         // the serving generation
@@ -356,6 +362,11 @@ func (s *Supervisor) hup() {
 
 // restart moves the serving generation to the old ones and starts a new one.
 func (s *Supervisor) restart() {
+	s.restartWith(s.readEnv())
+}
+
+// restartWith is restart with an overlay just read by readEnv.
+func (s *Supervisor) restartWith(env environment) {
 	s.observe(Event{Kind: Reloading})
 	if s.current != nil {
 		s.old[s.current.pid] = s.current
@@ -364,14 +375,29 @@ func (s *Supervisor) restart() {
 	s.restarting = true
 	s.failures = 0
 	s.autoAt = time.Time{}
-	s.spawn()
+	s.spawnWith(env)
 }
 
 // spawn starts the next generation's worker. An exec failure counts as a
 // failed start, except for the very first, which is returned.
 func (s *Supervisor) spawn() error {
+	return s.spawnWith(s.readEnv())
+}
+
+// readEnv reads the envdir over the base environment and keeps the settings
+// the loop needs. It is read once per start attempt (and once when an
+// auto-restart falls due), not at every wake: the directory may hold
+// thousands of files, and the loop wakes for every worker notification.
+func (s *Supervisor) readEnv() environment {
+	env := readEnvDir(s.base, s.sys.readDir, s.logf)
+	s.settings = settingsOf(env, s.base, s.logf)
+	return env
+}
+
+// spawnWith starts the next generation's worker with env, an overlay read by
+// readEnv.
+func (s *Supervisor) spawnWith(env environment) error {
 	s.retryAt = time.Time{}
-	env := withEnvDir(s.base)
 	s.generation++
 	env["SERVER_STARTER_PORT"] = s.cfg.PortEnv
 	env["SERVER_STARTER_GENERATION"] = strconv.Itoa(s.generation)
@@ -525,8 +551,8 @@ func (s *Supervisor) started() {
 		return
 	}
 	s.restarting = false
-	s.logf("new worker is now running, sending %s to old workers:%s", signalName(s.cfg.SignalOnHUP), pidList(notSent(s.old, s.cfg.SignalOnHUP), "none"))
-	if delay := withEnvDir(s.base).killOldDelay(); delay > 0 {
+	s.logf("new worker is now running, sending %s to old workers:%s", logName(s.cfg.SignalOnHUP, s.cfg.SignalOnHUPName), pidList(notSent(s.old, s.cfg.SignalOnHUP), "none"))
+	if delay := s.settings.killOldDelay; delay > 0 {
 		s.logf("sleeping %s secs before killing old workers", formatSeconds(delay))
 		s.killOldAt = s.now().Add(delay)
 		return
@@ -614,7 +640,11 @@ func (s *Supervisor) stop(name string, sig syscall.Signal) {
 	}
 	s.current, s.starting = nil, nil
 	s.readyAt, s.retryAt, s.killOldAt, s.autoAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
-	s.logf("received %s, sending %s to all workers:%s", name, signalName(sig), pidList(s.old, ""))
+	given := ""
+	if name == "TERM" {
+		given = s.cfg.SignalOnTERMName
+	}
+	s.logf("received %s, sending %s to all workers:%s", name, logName(sig, given), pidList(s.old, ""))
 	s.signalAll(notSent(s.old, sig), sig)
 }
 
@@ -632,16 +662,18 @@ func (s *Supervisor) signalAll(workers map[int]*worker, sig syscall.Signal) {
 
 // scheduleAutoRestart arms the auto-restart check, as 0.35 does: a restart
 // is due AUTO_RESTART_INTERVAL after the last start once no old generation is
-// left, or after twice that in any case.
+// left, or after twice that in any case. The settings are those read at the
+// last start attempt; runDeadlines reads them again when the restart falls
+// due.
 func (s *Supervisor) scheduleAutoRestart() {
 	s.autoAt = time.Time{}
 	if s.stopping || s.current == nil || s.starting != nil || !s.retryAt.IsZero() || !s.killOldAt.IsZero() {
 		return
 	}
-	on, interval := withEnvDir(s.base).autoRestart()
-	if !on {
+	if !s.settings.autoRestart {
 		return
 	}
+	interval := s.settings.autoRestartInterval
 	if len(s.old) == 0 {
 		s.autoAt = s.lastStart.Add(interval)
 	} else {
@@ -709,13 +741,20 @@ func (s *Supervisor) runDeadlines() {
 		s.killOld()
 	}
 	if due(s.autoAt) {
-		_, interval := withEnvDir(s.base).autoRestart()
+		// 0.35 decides with the envdir as it is now: the interval may have
+		// been changed, or auto-restart turned off, since the last start.
+		env := s.readEnv()
+		s.scheduleAutoRestart()
+		if !due(s.autoAt) {
+			return
+		}
+		interval := s.settings.autoRestartInterval
 		if len(s.old) == 0 {
 			s.logf("autorestart triggered (interval=%s)", formatSeconds(interval))
 		} else {
 			s.logf("autorestart triggered (forced, interval=%s)", formatSeconds(interval))
 		}
-		s.restart()
+		s.restartWith(env)
 	}
 }
 

@@ -23,6 +23,8 @@ type fakeOS struct {
 	// dieOnStart, when set, makes every spawned worker exit at once.
 	dieOnStart bool
 	signals    chan os.Signal
+	// dirReads counts the envdir's listings.
+	dirReads int
 }
 
 type spawnRecord struct {
@@ -65,6 +67,12 @@ func (f *fakeOS) sys() sys {
 			defer f.mu.Unlock()
 			f.kills = append(f.kills, killRecord{pid, sig, time.Now()})
 			return nil
+		},
+		readDir: func(name string) ([]os.DirEntry, error) {
+			f.mu.Lock()
+			f.dirReads++
+			f.mu.Unlock()
+			return os.ReadDir(name)
 		},
 		reap: func() (int, syscall.WaitStatus, bool) {
 			f.mu.Lock()

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"errors"
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -21,15 +22,18 @@ type sys struct {
 	// orphans, so that a worker's children outliving it are reaped (and
 	// reported) by the supervisor instead of init.
 	adopt func() error
+	// readDir lists a directory (the envdir).
+	readDir func(name string) ([]os.DirEntry, error)
 }
 
 var realSys = sys{
 	// syscall.ForkExec, not os.StartProcess: the descriptor table is passed as
 	// plain numbers, so no socket is turned into an *os.File (whose Fd()
 	// would clear O_NONBLOCK for every holder), and no pidfd is opened.
-	spawn: syscall.ForkExec,
-	kill:  unix.Kill,
-	adopt: func() error { return unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+	spawn:   syscall.ForkExec,
+	kill:    unix.Kill,
+	readDir: os.ReadDir,
+	adopt:   func() error { return unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
 	reap: func() (int, syscall.WaitStatus, bool) {
 		for {
 			var ws unix.WaitStatus

@@ -160,7 +160,7 @@ func TestFDPinning(t *testing.T) {
 			t.Errorf("SERVER_STARTER_PORT=%q, want %q", got, want)
 		}
 		w := b.worker(1, time.Second)
-		waitExec(t, w, "sleep", 5*time.Second)
+		waitAsleep(t, w, 5*time.Second)
 		fds, _ := fdTargets(w)
 		if got := sortedKeys(fds); !slices.Equal(got, []int{0, 1, 2, 5}) {
 			t.Errorf("worker fds %v (%v), want [0 1 2 5]", got, fds)
@@ -255,7 +255,7 @@ func TestNoExtraFDs(t *testing.T) {
 		content := waitFileContains(t, filepath.Join(dir, "log"), 5*time.Second, "starting new worker ")
 		m := re(`starting new worker (\d+)`).FindStringSubmatch(content)
 		w, _ := strconv.Atoi(m[1])
-		waitExec(t, w, "sleep", 5*time.Second)
+		waitAsleep(t, w, 5*time.Second)
 		checkOnlyFDs(t, w, 3, 4)
 	})
 	t.Run("inherited-by-bridge", func(t *testing.T) {
@@ -273,7 +273,7 @@ func TestNoExtraFDs(t *testing.T) {
 			"--interval=0", fmt.Sprintf("--port=127.0.0.1:%d", p),
 		}, []string{"sleep", "1000"})...)
 		wp := b.worker(1, 5*time.Second)
-		waitExec(t, wp, "sleep", 5*time.Second)
+		waitAsleep(t, wp, 5*time.Second)
 		checkOnlyFDs(t, wp, 3)
 	})
 }

@@ -29,6 +29,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -830,6 +832,30 @@ func waitExec(t testing.TB, pid int, name string, timeout time.Duration) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("process %d does not run %s after %v (cmdline %q)", pid, name, timeout, data)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitAsleep waits until pid (a sleep(1) worker) is blocked in nanosleep or
+// clock_nanosleep: it has then finished starting (ld.so and setlocale have closed the
+// libraries and locale files they opened) and opens nothing more, so its descriptors are
+// what it inherited. Unlike a pause, this cannot be outrun by a slow start on a loaded
+// machine.
+func waitAsleep(t testing.TB, pid int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var data []byte
+	for {
+		// The first field of /proc/PID/syscall is the number of the system call the
+		// process is blocked in ("running" when it is not blocked).
+		data, _ = os.ReadFile(fmt.Sprintf("/proc/%d/syscall", pid))
+		nr, _, _ := strings.Cut(string(data), " ")
+		if nr == strconv.Itoa(unix.SYS_CLOCK_NANOSLEEP) || nr == strconv.Itoa(unix.SYS_NANOSLEEP) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d is not asleep after %v (/proc/%d/syscall: %q)", pid, timeout, pid, data)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
