@@ -73,7 +73,8 @@ Options of start_server 0.35:
   --dir=path                directory to start the server program in
   --interval=seconds        how long a new worker must live to count as
                             started (default 1)
-  --signal-on-hup=SIGNAL    sent to the old generation on restart (default TERM)
+  --signal-on-hup=SIGNAL    sent to the old generation on restart (default
+                            TERM); a name or a number
   --signal-on-term=SIGNAL   sent to every generation on TERM (default TERM)
   --pid-file=file           write our pid there, locked while we run
   --status-file=file        write "generation:pid" of live workers there
@@ -131,20 +132,22 @@ Environment:
   Workers get SERVER_STARTER_PORT ("key=fd;..."), SERVER_STARTER_GENERATION,
   and with --ready=notify or --worker-watchdog a NOTIFY_SOCKET of their own.
 
-Signals: HUP starts a new generation; TERM and INT stop every generation and
-exit. See ss-bridge(1) for everything.
+Signals: HUP starts a new generation; TERM, INT and QUIT stop every
+generation and exit. See ss-bridge(1) for everything.
 `
 
 // commandUsage is each command's --help, and what "ss-bridge help COMMAND"
 // prints.
 var commandUsage = map[string]string{
 	"unit": `Usage: ss-bridge unit --name NAME [--socket] [--user] [--systemd-version=N]
-                      [--binary=PATH] [--install [--enable] [--now] [--force]]
+                      [--binary=PATH] [--install [--enable] [--now] |
+                      --output-dir=DIR] [--force]
                       [server options] -- server-prog [server-args...]
 
 Prints NAME.service, a unit that runs ss-bridge with the server options (and
 with --socket NAME.socket, holding the --port and --path sockets), or with
---install writes them and makes systemd read them.
+--install writes them and makes systemd read them. server-prog is made
+absolute, WorkingDirectory= is --dir or the current directory.
 
   --name=NAME               the unit's name (required)
   --socket                  also write NAME.socket for socket activation
@@ -153,12 +156,13 @@ with --socket NAME.socket, holding the --port and --path sockets), or with
                             systemd); 253 and later get Type=notify-reload
   --binary=PATH             ss-bridge's path in ExecStart= (default: this one)
   --output-dir=DIR          write the unit files into DIR instead of printing
-                            them
+                            them (not with --install)
   --install                 write the units to /etc/systemd/system (or the
                             user's unit directory) and reload systemd
   --enable                  with --install: enable the socket (or the service)
   --now                     with --install: start it
-  --force                   with --install: replace different existing files
+  --force                   with --install or --output-dir: replace different
+                            existing files
   --help                    print this help
 
 Every ss-bridge option except --daemonize, --restart, --stop and --version is
@@ -169,9 +173,11 @@ a server option (see ss-bridge --help).
 `,
 	"reload": `Usage: ss-bridge reload [--user] [--timeout=seconds] UNIT
 
-Reloads UNIT over D-Bus (systemctl reload), waits until the reload job has
-finished, and prints the generation that serves. Exit status 1 when the
-reload failed or did not finish within the timeout.
+Reloads UNIT over D-Bus (after any start or reload under way) and prints the
+generation that serves, one started after the command. A unit that is not
+running: says its next start runs the new code, exit 0. Exit status 1 when
+the unit has failed, the reload failed (the old generation still serves), or
+the timeout passed.
 
   --user                    a unit of the user's service manager
   --timeout=seconds         give up after this long (default 90)
@@ -201,7 +207,8 @@ Sends TERM to the server in --pid-file and waits until it has exited, like
                             killed too
   --timeout=seconds         give up after this long, exit 1 (default: never)
   --force                   with --timeout: SIGKILL the server and its workers
-                            instead of giving up
+                            instead of giving up, and remove the files they
+                            leave
   --help                    print this help
 `,
 	"log": `Usage: ss-bridge log --log-file=file [--follow]
