@@ -62,7 +62,10 @@ ln -s ../../../bin/ss-bridge "$root/usr/lib/ss-bridge/bin/start_server"
 gzip -9n <docs/ss-bridge.1 >"$root/usr/share/man/man1/ss-bridge.1.gz"
 ln -s ../../../../../share/man/man1/ss-bridge.1.gz "$root/usr/lib/ss-bridge/share/man/man1/start_server.1.gz"
 install -m 0644 packaging/ss-bridge.bash-completion "$root/usr/share/bash-completion/completions/ss-bridge"
-sed 's|/usr/local/bin/ss-bridge|/usr/bin/ss-bridge|g' contrib/systemd/ss-bridge@.service \
+# The example unit, with the package's path and its man page (which the
+# example cannot name: systemd-analyze verify fails where it is missing).
+sed -e 's|/usr/local/bin/ss-bridge|/usr/bin/ss-bridge|g' \
+	-e 's|^Description=.*|&\nDocumentation=man:ss-bridge(1)|' contrib/systemd/ss-bridge@.service \
 	>"$root/usr/lib/systemd/system/ss-bridge@.service"
 install -m 0644 packaging/debian/example.env "$root/usr/share/doc/ss-bridge/examples/example.env"
 install -m 0644 README.md "$root/usr/share/doc/ss-bridge/README.md"

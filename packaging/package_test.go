@@ -162,6 +162,11 @@ func TestPackageUnderSystemd(t *testing.T) {
 		t.Fatalf("ss-bridge is %q", got)
 	}
 
+	// Without --man=no, verify fails for want of man in the container.
+	if out, err := c.Exec("sh", "-c", "systemd-analyze verify --man=no ss-bridge@demo.service 2>&1"); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("systemd-analyze verify ss-bridge@demo.service: %v\n%s", err, out)
+	}
+
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	env := fmt.Sprintf("SS_BRIDGE_OPTIONS=--port=%s --interval=0\nSS_BRIDGE_COMMAND=%s\n", addr, worker)
