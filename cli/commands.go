@@ -90,7 +90,7 @@ func unitCommand(args []string) int {
 	case o.Daemonize:
 		return failed(errors.New("unit: --daemonize cannot be used under systemd, which runs ss-bridge itself"))
 	case o.Restart || o.Stop || o.Help || o.Version:
-		return failed(errors.New("unit: --restart, --stop, --help and --version are not server options"))
+		return failed(errors.New("unit: --restart, --stop and --version are not server options"))
 	case (o.Enable || o.Now) && !o.Install:
 		return failed(errors.New("unit: --enable and --now need --install"))
 	case o.OutputDir != "" && o.Install:
@@ -495,6 +495,9 @@ func stopCommand(args []string) int {
 		flagOption("force", func(o *Options) { o.Force = true })), args)
 	if err != nil {
 		return failed(fmt.Errorf("stop: %w", err))
+	}
+	if o.PidFile == "" {
+		return failed(errors.New("stop: give --pid-file"))
 	}
 	if o.Force && o.Timeout == 0 {
 		return failed(errors.New("stop: --force needs --timeout"))

@@ -3,17 +3,13 @@ package cli
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 )
 
-// Version is ss-bridge's version; StarterVersion the Server::Starter release
-// it is compatible with, which is what --version prints as start_server.
-const (
-	Version        = "0.1.0"
-	StarterVersion = "0.35"
-)
+// StarterVersion is the Server::Starter release ss-bridge is compatible
+// with, which is what --version prints as start_server.
+const StarterVersion = "0.35"
 
 // Main runs the command line args (args[0] is the program name) and returns
 // the exit status. Under the name start_server it is exactly that program.
@@ -29,7 +25,14 @@ func Main(args []string) int {
 		return listenFDsShim(args)
 	}
 	if prog == "ss-bridge" && len(args) > 1 {
+		if args[1] == "help" {
+			return helpCommand(args[2:])
+		}
 		if command, ok := commands[args[1]]; ok {
+			if asksForHelp(args[2:]) {
+				fmt.Print(commandUsage[args[1]])
+				return 0
+			}
 			return command(args[2:])
 		}
 	}
@@ -49,7 +52,7 @@ func Main(args []string) int {
 		if prog == "start_server" {
 			fmt.Println(StarterVersion)
 		} else {
-			fmt.Printf("ss-bridge %s (start_server %s compatible)\n", Version, StarterVersion)
+			fmt.Println(versionLine())
 		}
 		return 0
 	case o.Restart:
@@ -67,48 +70,4 @@ func Main(args []string) int {
 		return fail(err)
 	}
 	return 0
-}
-
-func usage(w io.Writer, prog string) {
-	fmt.Fprintf(w, `Usage: %s [options] -- server-prog server-arg1 server-arg2 ...
-
-A superdaemon for hot-deploying server programs. It binds the sockets, runs
-server-prog with them in SERVER_STARTER_PORT, and on SIGHUP starts a new
-generation before sending the old one --signal-on-hup.
-
-  e.g. %s --port=8000 -- plackup -s Starlet --max-workers=100 index.psgi
-
-Options:
-  --port=(port|host:port|[v6addr]:port)[=fd]
-                            TCP port to listen on (repeatable); a "u" before the
-                            port (u53, host:u53) makes it UDP; "=fd" passes the
-                            socket on that descriptor
-  --path=path               unix socket to listen on (repeatable)
-  --path-mode=mode          octal permissions of --path sockets (default 0777)
-  --backlog=size            listen backlog (default SOMAXCONN)
-  --dir=path                directory to start the server program in
-  --interval=seconds        how long a new worker must live to count as started
-                            (default 1)
-  --signal-on-hup=SIGNAL    sent to the old worker on restart (default TERM)
-  --signal-on-term=SIGNAL   sent to workers when we get TERM (default TERM)
-  --kill-timeout=seconds    SIGKILL a signalled worker that has not exited by
-                            then (default 0: never)
-  --max-backoff=seconds     cap of the delay between failed starts (default 60)
-  --pid-file=filename       write our pid there, locked while we run
-  --status-file=filename    write "generation:pid" of live workers there
-  --envdir=ENVDIR           directory of environment variables for the workers
-  --log-file=file           append our and the workers' output to file
-  --log-file="| cmd args"   pipe our and the workers' output to a command
-  --daemonize               fork, setsid, fork (requires --log-file)
-  --enable-auto-restart     restart the worker periodically
-  --auto-restart-interval=seconds  (default 360)
-  --kill-old-delay=seconds  wait before signalling old workers (default 0; 5
-                            with --enable-auto-restart)
-  --restart                 HUP the server in --pid-file and wait until
-                            --status-file shows only the new generation
-  --stop                    TERM the server in --pid-file and wait for its exit
-  --timeout=seconds         bound the wait of --restart and --stop
-  --help                    print this help
-  --version                 print the version
-`, prog, prog)
 }

@@ -216,8 +216,16 @@ func Parse(args []string) (*Options, error) {
 	return parseWith(options, args)
 }
 
+// tableParsed, when set, is given every option table parseWith reads: the
+// commands build their tables as they run, and the test that help and the
+// man page document every option finds them this way.
+var tableParsed func(table []option)
+
 // parseWith reads a command line with the options of table.
 func parseWith(table []option, args []string) (*Options, error) {
+	if tableParsed != nil {
+		tableParsed(table)
+	}
 	o := &Options{Interval: time.Second}
 	for i := 0; i < len(args); i++ {
 		arg := args[i]

@@ -1,7 +1,7 @@
 // Command ss-bench measures ss-bridge and other start_server-compatible
 // superdaemons (Perl's start_server 0.35 by default) side by side, in one
 // run, and prints a markdown table of the figures with ratios (ss-bridge /
-// anchor), the conditions, and the targets marked met or not met.
+// anchor), the conditions, and the project's performance targets marked met or not met.
 //
 // It runs every superdaemon on 127.0.0.1 with its own binary as the worker
 // ("ss-bench worker"), loads it with raw HTTP/1.1 requests that are never
@@ -200,7 +200,7 @@ func failedOf(v Val) (int, bool) {
 	return n, err == nil
 }
 
-// printTargets evaluates the targets against the first anchor.
+// printTargets evaluates the project's performance targets against the first anchor.
 func printTargets(w io.Writer, res *Results, bins []Binary) {
 	subject, anchor := bins[0].Name, bins[1].Name
 	fmt.Fprintf(w, "Targets (ss-bridge against %s, same run):\n\n", anchor)

@@ -244,7 +244,7 @@ func scenarioSystemd(bins []Binary, p Params, res *Results) {
 				if v, ok := res.Get("superdaemon TERM, then started again ("+modeName(ka)+")", "failed requests per cycle", b.Name); ok {
 					why += fmt.Sprintf("; standalone stop/start (superdaemon TERM, then started again): %s per cycle", v.format(Count))
 				} else {
-					why += "; standalone stop/start not run here (-scenarios restart); the issue: Perl 0.35 lost about 70 per cycle"
+					why += "; standalone stop/start not run here (-scenarios restart); Perl 0.35 was measured losing about 70 per cycle"
 				}
 				res.NA(sc, "failed requests per cycle", Count, b.Name, why)
 			}
