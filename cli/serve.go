@@ -21,12 +21,16 @@ import (
 // pid file or child.
 func serve(o *Options) (err error) {
 	// Signals are caught before anything is set up, so that a HUP or TERM
-	// arriving during start-up is acted on rather than killing us. SIGPIPE is
-	// caught (not ignored) so that workers still get its default action.
-	signals := make(chan os.Signal, 64)
-	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT,
-		syscall.SIGCHLD, syscall.SIGPIPE, syscall.SIGALRM)
-	defer signal.Stop(signals)
+	// arriving during start-up is acted on rather than killing us. Each kind
+	// has a channel of its own, so that a flood of one cannot crowd out a
+	// TERM. SIGPIPE is caught (not ignored) so that workers still get its
+	// default action; it and ALRM are not acted on, so a full channel may
+	// drop them.
+	signals, stopSignals := supervisor.NotifySignals()
+	defer stopSignals()
+	ignored := make(chan os.Signal, 1)
+	signal.Notify(ignored, syscall.SIGPIPE, syscall.SIGALRM)
+	defer signal.Stop(ignored)
 	// The bridge's live heap is near zero; the default GOGC lets each
 	// restart's garbage double RSS (4 to 9 MB over 1,000 restarts) before a
 	// collection. Collecting sooner costs nothing measurable.
@@ -153,7 +157,15 @@ func serve(o *Options) (err error) {
 		if cfg.ReadyByNotify {
 			startWait = cfg.ReadyTimeout
 		}
-		observers = append(observers, sd.observer(startWait))
+		queue := sd.queue()
+		// STOPPING=1 and the last status should reach systemd, but a stuck
+		// systemd must not keep us from exiting.
+		defer func() {
+			if err := queue.Close(notifyFlushTimeout); err != nil {
+				fmt.Fprintf(os.Stderr, "sd_notify: %v\n", err)
+			}
+		}()
+		observers = append(observers, sd.observer(queue, startWait))
 	}
 	cfg.Observer = func(e supervisor.Event) {
 		for _, o := range observers {
