@@ -1248,3 +1248,26 @@ func TestFDStoreDropsSocketsNoLongerRequested(t *testing.T) {
 		t.Errorf("journal:\n%s", j)
 	}
 }
+
+// A worker whose STATUS= is near the 4096 bytes of a notification does not cost the unit
+// its READY=1: ss-bridge cuts the text and sends state changes alone, so the start and a
+// reload complete (with the text in the READY=1 datagram, systemd would ignore it, and the
+// start would hang until its timeout).
+func TestLongWorkerStatusKeepsReady(t *testing.T) {
+	r := newRig(t)
+	r.appUnits("@BRIDGE@ --port=@ADDR@ --ready=notify --ready-timeout=3 -- @APP@ -status-len=4080")
+	r.installUnits(map[string]string{"app.service.d/timeout.conf": "[Service]\nTimeoutStartSec=5\n"})
+	r.systemctl("start", "app.service")
+	if s := r.property("app.service", "ActiveState"); s != "active" {
+		r.dumpJournal()
+		t.Fatalf("ActiveState %s", s)
+	}
+	r.systemctl("reload", "app.service")
+	if _, gen := r.ask(); gen != 2 {
+		t.Errorf("after the reload, answered by gen %d", gen)
+	}
+	s := r.property("app.service", "StatusText")
+	if len(s) > notify.MaxStatusLen || !strings.HasSuffix(s, "s...") {
+		t.Errorf("StatusText of %d bytes: %.80q", len(s), s)
+	}
+}
