@@ -1,6 +1,8 @@
 package notify
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -74,15 +76,15 @@ const (
 const maxAncestry = 128
 
 // Listen makes a directory in dir, or in the default directory for
-// temporary files when dir is "", and binds the socket "notify.sock" in it
-// with SO_PASSCRED, so that every datagram carries its sender's pid. Nothing
-// is read until Watch.
+// temporary files when dir is "", and binds a socket with a random name,
+// "<16 hex digits>.sock", in it with SO_PASSCRED, so that every datagram
+// carries its sender's pid. Nothing is read until Watch.
 //
 // A worker may change its user (setpriv, a server dropping root) and must
-// still reach its socket, so the directory can be entered but not listed
-// by anyone (mode 0711) and the socket is writable by anyone (0666). The
-// permissions keep nobody out: the sender check does, by pid, for whoever
-// finds the path.
+// still reach its socket, so the directory can be entered by anyone (mode
+// 0711) and the socket written by anyone (0666). The directory cannot be
+// listed, so only who reads the worker's environment finds the socket: its
+// own user and root. Whoever finds it is still checked by pid.
 func Listen(dir string) (*WorkerSocket, error) {
 	d, err := os.MkdirTemp(dir, "notify-")
 	if err != nil {
@@ -99,7 +101,11 @@ func Listen(dir string) (*WorkerSocket, error) {
 	if err := os.Chmod(d, 0o711); err != nil {
 		return fail(fmt.Errorf("make notify socket directory: %w", err))
 	}
-	path := filepath.Join(d, "notify.sock")
+	var random [8]byte
+	if _, err := rand.Read(random[:]); err != nil {
+		return fail(fmt.Errorf("make notify socket name: %w", err))
+	}
+	path := filepath.Join(d, hex.EncodeToString(random[:])+".sock")
 	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
 		return fail(fmt.Errorf("notify socket path %s is longer than a unix socket address allows (107 bytes)", path))
 	}

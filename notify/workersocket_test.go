@@ -245,7 +245,7 @@ func openFDs(t *testing.T) int {
 // The socket is reachable by a worker that changed its user (the sender
 // check keeps strangers out), its directory cannot be listed, and both are
 // removed on Close.
-func TestWorkerSocketIsReachableUnlistedAndRemoved(t *testing.T) {
+func TestWorkerSocketModes(t *testing.T) {
 	old := unix.Umask(0o077)
 	ws, err := Listen(t.TempDir())
 	unix.Umask(old)
