@@ -245,7 +245,8 @@ func TestWorkerDroppingPrivilegesBecomesReady(t *testing.T) {
 	b.waitLine(5*time.Second, fmt.Sprintf(`^notify message from pid %d \(not worker %d or its descendant\) ignored$`, os.Getpid(), w), 1)
 }
 
-// 20,000 datagrams from a stranger to a worker's NOTIFY_SOCKET cost a line and a count.
+// 20,000 datagrams from a stranger to a worker's NOTIFY_SOCKET cost a few lines and a
+// count.
 func TestIgnoredNotifyFloodIsCounted(t *testing.T) {
 	t.Parallel()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -280,7 +281,7 @@ func TestIgnoredNotifyFloodIsCounted(t *testing.T) {
 		}
 	}
 	t.Logf("%d datagrams ignored: %d log lines, %d bytes, %d counted", sent, lines, bytes, counted)
-	if lines > 4 || bytes > 1000 {
+	if lines > 8 || bytes > 1000 {
 		t.Errorf("%d datagrams ignored made %d log lines, %d bytes", sent, lines, bytes)
 	}
 	if counted < sent-1000 {

@@ -9,14 +9,19 @@ import (
 	"time"
 )
 
-// Limiter writes the first line of a kind, then, while more keep coming,
-// one summary line "... and N more <What>" at most once per Interval, so a
-// flood of any size costs a few lines a minute. It is safe for concurrent
-// use; Write is called with the Limiter locked, so lines keep their order
-// and Write must not call back into the Limiter.
+// Limiter writes the first Burst lines of a kind in an Interval, then, while
+// more keep coming, one summary line "... and N more <What>" at most once
+// per Interval, so a flood of any size costs a few lines a minute while a
+// few events are each logged. It is safe for concurrent use; Write is
+// called with the Limiter locked, so lines keep their order and Write must
+// not call back into the Limiter.
 type Limiter struct {
-	// Interval is the least time between two lines; 0 means DefaultInterval.
+	// Interval is the length of the windows in which Burst lines are
+	// written; 0 means DefaultInterval.
 	Interval time.Duration
+	// Burst is how many lines a window writes before it counts them; 0
+	// means DefaultBurst.
+	Burst int
 	// What names the events in a summary, in the plural: "notify messages
 	// ignored" gives "... and 12 more notify messages ignored".
 	What string
@@ -24,28 +29,35 @@ type Limiter struct {
 	Write func(line string)
 
 	mu         sync.Mutex
-	quietUntil time.Time // lines before this are counted, not written
-	suppressed int
+	windowEnd  time.Time
+	written    int // lines written in the window
+	suppressed int // lines counted since the last summary
 	timer      *time.Timer
 }
 
-// DefaultInterval is the Interval of a Limiter that sets none.
-const DefaultInterval = 10 * time.Second
+// The defaults of a Limiter's Interval and Burst.
+const (
+	DefaultInterval = 10 * time.Second
+	DefaultBurst    = 5
+)
 
-// Log writes line, or counts it when a line was written less than Interval
-// ago; the count is written once that Interval has passed, or by Flush.
+// Log writes line, or counts it when its window has written Burst lines
+// already; the count is written when the window ends, or by Flush.
 func (l *Limiter) Log(line string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	if l.suppressed == 0 && !now.Before(l.quietUntil) {
+	if l.suppressed == 0 && !now.Before(l.windowEnd) {
+		l.windowEnd, l.written = now.Add(l.interval()), 0
+	}
+	if l.written < l.burst() {
+		l.written++
 		l.Write(line)
-		l.quietUntil = now.Add(l.interval())
 		return
 	}
 	l.suppressed++
 	if l.timer == nil {
-		l.timer = time.AfterFunc(l.quietUntil.Sub(now), l.summarize)
+		l.timer = time.AfterFunc(l.windowEnd.Sub(now), l.summarize)
 	}
 }
 
@@ -66,9 +78,8 @@ func (l *Limiter) summarize() {
 	defer l.mu.Unlock()
 	l.timer = nil
 	if l.writeSummary() {
-		// The summary counts as a line: a flood that goes on gets its next
-		// one an Interval later.
-		l.quietUntil = time.Now().Add(l.interval())
+		// A flood that goes on gets only its next count, an Interval later.
+		l.windowEnd, l.written = time.Now().Add(l.interval()), l.burst()
 	}
 }
 
@@ -79,6 +90,13 @@ func (l *Limiter) writeSummary() bool {
 	l.Write(fmt.Sprintf("... and %d more %s", l.suppressed, l.What))
 	l.suppressed = 0
 	return true
+}
+
+func (l *Limiter) burst() int {
+	if l.Burst > 0 {
+		return l.Burst
+	}
+	return DefaultBurst
 }
 
 func (l *Limiter) interval() time.Duration {

@@ -21,27 +21,27 @@ func (s *lines) get() []string {
 
 func TestFloodIsOneLineAndACount(t *testing.T) {
 	var out lines
-	l := &Limiter{Interval: time.Hour, What: "things happened", Write: out.write}
+	l := &Limiter{Interval: time.Hour, Burst: 2, What: "things happened", Write: out.write}
 	for i := range 20000 {
 		l.Log("thing " + strings.Repeat("x", i%3))
 	}
-	if got := out.get(); len(got) != 1 || got[0] != "thing " {
+	if got := out.get(); len(got) != 2 || got[0] != "thing " || got[1] != "thing x" {
 		t.Fatalf("before Flush: %q", got)
 	}
 	l.Flush()
-	want := []string{"thing ", "... and 19999 more things happened"}
+	want := []string{"thing ", "thing x", "... and 19998 more things happened"}
 	if got := out.get(); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 	l.Flush()
-	if got := out.get(); len(got) != 2 {
+	if got := out.get(); len(got) != 3 {
 		t.Fatalf("a second Flush wrote again: %q", got)
 	}
 }
 
 func TestSummaryComesAfterTheInterval(t *testing.T) {
 	var out lines
-	l := &Limiter{Interval: 50 * time.Millisecond, What: "more", Write: out.write}
+	l := &Limiter{Interval: 50 * time.Millisecond, Burst: 1, What: "more", Write: out.write}
 	l.Log("a")
 	l.Log("b")
 	l.Log("c")
