@@ -21,13 +21,16 @@ import (
 // pid file or child.
 func serve(o *Options) (err error) {
 	// Signals are caught before anything is set up, so that a HUP or TERM
-	// arriving during start-up is acted on rather than killing us. QUIT is
-	// caught too: Go's default action (a stack dump and exit) would leave the
-	// pid, status and socket files behind; it stops the server as TERM does.
-	signals := make(chan os.Signal, 64)
-	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT,
-		syscall.SIGCHLD, syscall.SIGALRM, syscall.SIGQUIT)
-	defer signal.Stop(signals)
+	// arriving during start-up is acted on rather than killing us. Each kind
+	// has a channel of its own, so that a flood of one cannot crowd out a
+	// TERM. QUIT stops the server as TERM does: Go's default action (a stack
+	// dump and exit) would leave the pid, status and socket files behind.
+	// ALRM is caught and not acted on, as 0.35 does.
+	signals, stopSignals := supervisor.NotifySignals()
+	defer stopSignals()
+	ignored := make(chan os.Signal, 1)
+	signal.Notify(ignored, syscall.SIGALRM)
+	defer signal.Stop(ignored)
 	// SIGPIPE is ignored, as 0.35 does, and the disposition survives exec:
 	// workers written for start_server expect it ignored (a client hanging up
 	// is an EPIPE for them, not death), and we must not die writing to a log
@@ -182,7 +185,15 @@ func serve(o *Options) (err error) {
 		if cfg.ReadyByNotify {
 			startWait = cfg.ReadyTimeout
 		}
-		observers = append(observers, sd.observer(startWait))
+		queue := sd.queue()
+		// STOPPING=1 and the last status should reach systemd, but a stuck
+		// systemd must not keep us from exiting.
+		defer func() {
+			if err := queue.Close(notifyFlushTimeout); err != nil {
+				fmt.Fprintf(os.Stderr, "sd_notify: %v\n", err)
+			}
+		}()
+		observers = append(observers, sd.observer(queue, startWait))
 	}
 	cfg.Observer = func(e supervisor.Event) {
 		for _, o := range observers {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/activation"
+	"github.com/ss-bridge/ss-bridge/internal/ratelog"
 	"github.com/ss-bridge/ss-bridge/notify"
 	"github.com/ss-bridge/ss-bridge/supervisor"
 )
@@ -93,12 +94,30 @@ func (sd *systemd) store(socks []activation.Socket) {
 	}
 }
 
-// observer reports the supervisor's events to systemd: READY=1 when the
-// first generation serves; RELOADING=1 on a restart and READY=1 when it is
-// done, or has failed while the old generation keeps serving; STOPPING=1;
-// WATCHDOG=1 on every heartbeat; STATUS= with every change.
-func (sd *systemd) observer(startWait time.Duration) func(supervisor.Event) {
-	m := sd.manager
+// notifyFlushTimeout bounds how long ss-bridge waits, when it exits, for
+// systemd to take the notifications still queued (STOPPING=1, the status).
+const notifyFlushTimeout = time.Second
+
+// queue returns the Queue through which the supervisor's loop notifies
+// systemd: the loop must never wait for systemd (see notify.Queue). Failed
+// notifications are logged, a flood of them as a line and a count.
+func (sd *systemd) queue() *notify.Queue {
+	failed := &ratelog.Limiter{What: "notifications failed", Write: func(line string) {
+		fmt.Fprintf(os.Stderr, "sd_notify: %s\n", line)
+	}}
+	return sd.manager.Queue(func(err error) { failed.Log(err.Error()) })
+}
+
+// observer reports the supervisor's events to systemd through q: READY=1
+// when the first generation serves; RELOADING=1 on a restart and READY=1
+// when it is done, or has failed while the old generation keeps serving;
+// STOPPING=1; WATCHDOG=1 on every heartbeat; STATUS= with every change.
+//
+// Each state change goes in a datagram of its own, after the status that
+// describes it: a status too long for one datagram with READY=1 would make
+// systemd drop the READY=1, and the status is in place when systemctl
+// start or reload returns.
+func (sd *systemd) observer(q *notify.Queue, startWait time.Duration) func(supervisor.Event) {
 	readySent, reloading := false, false
 	report := func(err error) {
 		if err != nil {
@@ -106,43 +125,46 @@ func (sd *systemd) observer(startWait time.Duration) func(supervisor.Event) {
 		}
 	}
 	return func(e supervisor.Event) {
-		status := "STATUS=" + oneLine(e.Summary)
+		status := e.Summary
 		switch e.Kind {
 		case supervisor.Spawned:
+			report(q.Status(status))
 			if !readySent || reloading {
 				// A slow worker must not make systemd time out the start or
 				// the reload while it is still coming up.
-				report(m.ExtendTimeout(startWait + 5*time.Second))
+				report(q.ExtendTimeout(startWait + 5*time.Second))
 			}
-			report(m.Send(status))
 		case supervisor.Started:
+			report(q.Status(status))
 			if !readySent {
 				readySent = true
-				report(m.Send("READY=1", status))
-				return
+				report(q.State("READY=1"))
 			}
-			report(m.Send(status))
 		case supervisor.Reloading:
 			reloading = true
-			report(m.Send("RELOADING=1", status))
+			report(q.Status(status))
+			report(q.State("RELOADING=1"))
 		case supervisor.Reloaded:
 			reloading = false
-			report(m.Send("READY=1", status))
+			report(q.Status(status))
+			report(q.State("READY=1"))
 		case supervisor.StartFailed:
 			if reloading && readySent {
 				// The reload is over: the old generation keeps serving and
 				// the new one is retried. systemctl reload must not hang.
 				reloading = false
-				report(m.Send("READY=1", oneLine("STATUS=reload failed: "+errText(e)+"; "+e.Summary)))
+				report(q.Status("reload failed: " + errText(e) + "; " + e.Summary))
+				report(q.State("READY=1"))
 				return
 			}
-			report(m.Send(oneLine("STATUS=start failed: " + errText(e) + "; " + e.Summary)))
+			report(q.Status("start failed: " + errText(e) + "; " + e.Summary))
 		case supervisor.Stopping:
-			report(m.Send("STOPPING=1", status))
+			report(q.Status(status))
+			report(q.State("STOPPING=1"))
 		case supervisor.Heartbeat:
-			report(m.Watchdog())
+			report(q.Watchdog())
 		default:
-			report(m.Send(status))
+			report(q.Status(status))
 		}
 	}
 }
@@ -204,8 +226,4 @@ func listenFDsShim(args []string) int {
 	}
 	fmt.Fprintf(os.Stderr, "ss-bridge: failed to exec %s: %v\n", args[1], err)
 	return 127
-}
-
-func oneLine(s string) string {
-	return strings.NewReplacer("\r", " ", "\n", " ", "\x00", " ").Replace(s)
 }

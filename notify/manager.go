@@ -101,8 +101,8 @@ func (m *Manager) Reloading() error { return m.Send("RELOADING=1") }
 func (m *Manager) Stopping() error { return m.Send("STOPPING=1") }
 
 // Status sets the one-line status shown by systemctl status. Line breaks
-// in text become spaces.
-func (m *Manager) Status(text string) error { return m.Send("STATUS=" + oneLine(text)) }
+// in text become spaces, and a text longer than MaxStatusLen is cut.
+func (m *Manager) Status(text string) error { return m.Send("STATUS=" + statusText(text)) }
 
 // Watchdog pings the service manager's watchdog.
 func (m *Manager) Watchdog() error { return m.Send("WATCHDOG=1") }
@@ -110,8 +110,7 @@ func (m *Manager) Watchdog() error { return m.Send("WATCHDOG=1") }
 // ExtendTimeout asks the service manager to wait d longer for the current
 // start-up, reload or stop, counted from now. A negative d counts as 0.
 func (m *Manager) ExtendTimeout(d time.Duration) error {
-	d = max(d, 0)
-	return m.Send("EXTEND_TIMEOUT_USEC=" + strconv.FormatInt(d.Microseconds(), 10))
+	return m.Send(extendTimeout(d))
 }
 
 // MainPID tells the service manager that pid is the service's main process.
@@ -120,9 +119,12 @@ func (m *Manager) MainPID(pid int) error { return m.Send("MAINPID=" + strconv.It
 // Active reports whether there is a service manager to notify.
 func (m *Manager) Active() bool { return m != nil && m.addr != "" }
 
-// Send sends assignments ("READY=1", "STATUS=serving") in one datagram. A
-// RELOADING=1 without MONOTONIC_USEC gets one added. An assignment without
-// '=' or with a line break is an error, and nothing is sent.
+// Send sends assignments ("READY=1", "STATUS=serving") in one datagram,
+// waiting up to 5 seconds for room in the service manager's queue: use a
+// Queue where waiting is not acceptable. A RELOADING=1 without
+// MONOTONIC_USEC gets one added. An assignment without '=' or with a line
+// break is an error, and so is a datagram systemd would ignore for its
+// length (4096 bytes or more); then nothing is sent.
 func (m *Manager) Send(assignments ...string) error {
 	return m.send(assignments, nil)
 }
@@ -199,7 +201,12 @@ func message(assignments []string) ([]byte, error) {
 	if reloading && !stamped {
 		assignments = append(assignments[:len(assignments):len(assignments)], "MONOTONIC_USEC="+strconv.FormatUint(monotonicUsec(), 10))
 	}
-	return []byte(strings.Join(assignments, "\n")), nil
+	msg := []byte(strings.Join(assignments, "\n"))
+	if len(msg) >= maxMessageLen {
+		// systemd drops the whole datagram, READY=1 and all.
+		return nil, fmt.Errorf("notify message (%s) of %d bytes: systemd ignores messages of %d bytes or more", summary(msg), len(msg), maxMessageLen)
+	}
+	return msg, nil
 }
 
 func monotonicUsec() uint64 {

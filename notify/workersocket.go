@@ -1,6 +1,8 @@
 package notify
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -9,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"golang.org/x/sys/unix"
@@ -61,13 +64,27 @@ type Message struct {
 // (NOTIFY_BUFFER_MAX); longer ones are dropped, as systemd drops them.
 const maxMessageLen = 4096
 
+// maxReadRate bounds the datagrams read from one socket a second, far above
+// what a worker needs, which is a handful. It is enforced per batch of
+// readBatch datagrams, so a burst up to the kernel's queue costs no delay.
+const (
+	maxReadRate = 2000
+	readBatch   = 200
+)
+
 // maxAncestry bounds the walk from a sender up to the worker.
 const maxAncestry = 128
 
-// Listen makes a private directory (mode 0700) in dir, or in the default
-// directory for temporary files when dir is "", and binds the socket
-// "notify.sock" in it with SO_PASSCRED, so that every datagram carries its
-// sender's pid. Nothing is read until Watch.
+// Listen makes a directory in dir, or in the default directory for
+// temporary files when dir is "", and binds a socket with a random name,
+// "<16 hex digits>.sock", in it with SO_PASSCRED, so that every datagram
+// carries its sender's pid. Nothing is read until Watch.
+//
+// A worker may change its user (setpriv, a server dropping root) and must
+// still reach its socket, so the directory can be entered by anyone (mode
+// 0711) and the socket written by anyone (0666). The directory cannot be
+// listed, so only who reads the worker's environment finds the socket: its
+// own user and root. Whoever finds it is still checked by pid.
 func Listen(dir string) (*WorkerSocket, error) {
 	d, err := os.MkdirTemp(dir, "notify-")
 	if err != nil {
@@ -81,15 +98,24 @@ func Listen(dir string) (*WorkerSocket, error) {
 	if d, err = filepath.Abs(d); err != nil {
 		return fail(fmt.Errorf("make notify socket directory: %w", err))
 	}
-	if err := os.Chmod(d, 0o700); err != nil {
+	if err := os.Chmod(d, 0o711); err != nil {
 		return fail(fmt.Errorf("make notify socket directory: %w", err))
 	}
-	path := filepath.Join(d, "notify.sock")
+	var random [8]byte
+	if _, err := rand.Read(random[:]); err != nil {
+		return fail(fmt.Errorf("make notify socket name: %w", err))
+	}
+	path := filepath.Join(d, hex.EncodeToString(random[:])+".sock")
 	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
 		return fail(fmt.Errorf("notify socket path %s is longer than a unix socket address allows (107 bytes)", path))
 	}
 	conn, err := bindNotify(path)
 	if err != nil {
+		return fail(fmt.Errorf("listen for notifications on %s: %w", path, err))
+	}
+	// bind made the socket file with the umask's permissions.
+	if err := os.Chmod(path, 0o666); err != nil {
+		conn.Close()
 		return fail(fmt.Errorf("listen for notifications on %s: %w", path, err))
 	}
 	return &WorkerSocket{
@@ -134,6 +160,10 @@ func (s *WorkerSocket) Path() string { return s.path }
 // closed by Close; what was delivered before stays readable. Read it
 // promptly: while it is full nothing is read from the socket, and once the
 // kernel's queue is full too the worker's sd_notify blocks.
+//
+// The socket is read at most maxReadRate datagrams a second: a worker (or a
+// stranger) flooding it is slowed down, its sd_notify blocking meanwhile,
+// rather than keeping a core busy here.
 func (s *WorkerSocket) Messages() <-chan Message { return s.messages }
 
 // Watch names the worker, pid, and starts delivering: from now on a
@@ -193,7 +223,18 @@ func (s *WorkerSocket) read(dropped func(error)) {
 	}
 	buf := make([]byte, maxMessageLen)
 	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(maxFDs*4))
+	batchStart, inBatch := time.Now(), 0
 	for {
+		if inBatch++; inBatch > readBatch {
+			if wait := time.Until(batchStart.Add(readBatch * time.Second / maxReadRate)); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-s.done:
+					return
+				}
+			}
+			batchStart, inBatch = time.Now(), 1
+		}
 		n, oobn, flags, _, err := s.conn.ReadMsgUnix(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {

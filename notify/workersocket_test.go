@@ -242,8 +242,11 @@ func openFDs(t *testing.T) int {
 	return len(entries)
 }
 
-func TestWorkerSocketDirectoryIsPrivateAndRemoved(t *testing.T) {
-	old := unix.Umask(0)
+// The socket is reachable by a worker that changed its user (the sender
+// check keeps strangers out), its directory cannot be listed, and both are
+// removed on Close.
+func TestWorkerSocketModes(t *testing.T) {
+	old := unix.Umask(0o077)
 	ws, err := Listen(t.TempDir())
 	unix.Umask(old)
 	if err != nil {
@@ -254,11 +257,13 @@ func TestWorkerSocketDirectoryIsPrivateAndRemoved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Mode().Perm() != 0o700 {
-		t.Errorf("directory mode %v, want 0700", st.Mode().Perm())
+	if st.Mode().Perm() != 0o711 {
+		t.Errorf("directory mode %v, want 0711", st.Mode().Perm())
 	}
 	if fi, err := os.Lstat(ws.Path()); err != nil || fi.Mode().Type() != os.ModeSocket {
 		t.Fatalf("%s: %v, %v", ws.Path(), fi, err)
+	} else if fi.Mode().Perm() != 0o666 {
+		t.Errorf("socket mode %v, want 0666", fi.Mode().Perm())
 	}
 	if !strings.HasPrefix(ws.Path(), "/") {
 		t.Errorf("Path %q is not absolute", ws.Path())

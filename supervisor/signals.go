@@ -2,6 +2,8 @@ package supervisor
 
 import (
 	"fmt"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,4 +45,36 @@ func logName(sig syscall.Signal, given string) string {
 		return given
 	}
 	return signalName(sig)
+}
+
+// Signals are the channels Run takes the process's signals from, one per
+// kind: os/signal drops a signal whose channel is full, so one shared
+// channel flooded with HUPs or CHLDs could lose a TERM.
+type Signals struct {
+	// Stop carries SIGTERM, SIGINT and SIGQUIT. Only the first one counts, so a
+	// signal dropped from a full channel changes nothing.
+	Stop <-chan os.Signal
+	// Reload carries SIGHUP. HUPs arriving while one is pending make one
+	// restart, so a buffer of one loses nothing.
+	Reload <-chan os.Signal
+	// Child carries SIGCHLD. Each one makes Run reap every exited child, so
+	// a buffer of one loses nothing either.
+	Child <-chan os.Signal
+}
+
+// NotifySignals routes the process's TERM, INT, QUIT, HUP and CHLD to new
+// Signals (signal.Notify), buffered so that none that matters is lost.
+// stop undoes it.
+func NotifySignals() (sigs Signals, stop func()) {
+	stopCh := make(chan os.Signal, 2)
+	reload := make(chan os.Signal, 1)
+	child := make(chan os.Signal, 1)
+	signal.Notify(stopCh, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
+	signal.Notify(reload, syscall.SIGHUP)
+	signal.Notify(child, syscall.SIGCHLD)
+	return Signals{Stop: stopCh, Reload: reload, Child: child}, func() {
+		signal.Stop(stopCh)
+		signal.Stop(reload)
+		signal.Stop(child)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ss-bridge/ss-bridge/internal/ratelog"
 	"github.com/ss-bridge/ss-bridge/notify"
 	"golang.org/x/sys/unix"
 )
@@ -67,7 +68,8 @@ type Config struct {
 	// NotifySockets gives every worker a NOTIFY_SOCKET of its own, made in
 	// NotifyDir ("" for the system's temporary directory), on which it may
 	// send READY=1, STATUS=, WATCHDOG=1 and STOPPING=1. Only messages from the
-	// worker or its descendants are accepted. ReadyByNotify implies it.
+	// worker or its descendants are accepted. ReadyByNotify and
+	// WorkerWatchdog imply it.
 	NotifySockets bool
 	NotifyDir     string
 	// WorkerWatchdog, when positive, is passed to workers as WATCHDOG_USEC. A
@@ -138,6 +140,9 @@ type worker struct {
 	// watchdogAt is when the worker's watchdog expires, once it has sent
 	// WATCHDOG=1.
 	watchdogAt time.Time
+	// failedStart: the worker never counted as started (no READY=1 in
+	// time) and was told to go; its exit ends a failed start.
+	failedStart bool
 }
 
 // workerMessage is a notification from a worker, for the loop.
@@ -174,6 +179,10 @@ type Supervisor struct {
 	messages   chan workerMessage
 	quit       chan struct{}    // closed when Run returns
 	now        func() time.Time // for tests
+
+	// Floods of these cost a line and a count, not a line each.
+	ignoredNotify *ratelog.Limiter
+	orphanExits   *ratelog.Limiter
 }
 
 // New returns a supervisor for cfg; it starts nothing until Run. Call
@@ -192,7 +201,9 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = time.Minute
 	}
-	if cfg.ReadyByNotify {
+	if cfg.ReadyByNotify || cfg.WorkerWatchdog > 0 {
+		// Without a socket of its own the worker's WATCHDOG=1 would go
+		// nowhere, and the watchdog would silently never fire.
 		cfg.NotifySockets = true
 	}
 	s := &Supervisor{
@@ -209,6 +220,8 @@ func New(cfg Config) (*Supervisor, error) {
 	if s.log == nil {
 		s.log = os.Stderr
 	}
+	s.ignoredNotify = s.limiter("notify messages ignored")
+	s.orphanExits = s.limiter("processes that were not workers exited")
 	if len(cfg.Command) == 0 || cfg.Command[0] == "" {
 		return nil, errors.New("no worker command given")
 	}
@@ -256,13 +269,16 @@ func (cfg Config) checkCommand() error {
 }
 
 // Run starts the first generation and supervises until a TERM or INT arrives
-// on signals and every generation has exited. It acts on SIGHUP, SIGTERM,
-// SIGINT, SIGQUIT (as TERM) and SIGCHLD from signals and ignores the others; the caller routes
-// the process's signals there (signal.Notify). Run returns an error only when
+// on signals.Stop and every generation has exited. It acts on SIGHUP,
+// SIGTERM, SIGINT, SIGQUIT (as TERM) and SIGCHLD from signals and ignores the
+// others; the caller routes the process's signals there (NotifySignals). A
+// pending stop signal is acted on before anything else. Run returns an error only when
 // the first worker cannot be executed at all; later failures are retried.
 // The status file, if Run created it, is removed before Run returns.
-func (s *Supervisor) Run(signals <-chan os.Signal) error {
+func (s *Supervisor) Run(signals Signals) error {
 	defer s.removeStatusFile()
+	defer s.orphanExits.Flush()
+	defer s.ignoredNotify.Flush()
 	defer close(s.quit)
 	if s.sys.adopt != nil {
 		if err := s.sys.adopt(); err != nil {
@@ -290,17 +306,32 @@ func (s *Supervisor) Run(signals <-chan os.Signal) error {
 			timer.Stop()
 		}
 		select {
-		case sig := <-signals:
+		case sig := <-signals.Stop:
+			s.handleSignal(sig)
+		case sig := <-signals.Reload:
+			s.handleSignal(sig)
+		case sig := <-signals.Child:
 			s.handleSignal(sig)
 		case m := <-s.messages:
 			s.handleMessage(m)
 		case <-timer.C:
 		}
 		// A child's exit or a TERM that is already pending comes before any
-		// deadline: a worker that has died must not count as started.
+		// deadline: a worker that has died must not count as started. A TERM
+		// comes before all else, whatever floods the other channels.
 		for pending := true; pending; {
 			select {
-			case sig := <-signals:
+			case sig := <-signals.Stop:
+				s.handleSignal(sig)
+				continue
+			default:
+			}
+			select {
+			case sig := <-signals.Stop:
+				s.handleSignal(sig)
+			case sig := <-signals.Reload:
+				s.handleSignal(sig)
+			case sig := <-signals.Child:
 				s.handleSignal(sig)
 			case m := <-s.messages:
 				s.handleMessage(m)
@@ -310,6 +341,8 @@ func (s *Supervisor) Run(signals <-chan os.Signal) error {
 		}
 		s.runDeadlines()
 	}
+	s.ignoredNotify.Flush()
+	s.orphanExits.Flush()
 	s.logf("exiting")
 	return nil
 }
@@ -461,17 +494,82 @@ func (s *Supervisor) spawnWith(env environment) error {
 // listen forwards the worker's notifications to the loop until its socket
 // is closed (when the worker has exited) or Run returns.
 func (s *Supervisor) listen(pid int, ns *notify.WorkerSocket) {
-	ns.Dropped = func(err error) { s.logf("%v", err) }
+	ns.Dropped = func(err error) { s.ignoredNotify.Log(err.Error()) }
 	ns.Watch(pid)
-	go func() {
-		for m := range ns.Messages() {
-			select {
-			case s.messages <- workerMessage{pid, m}:
-			case <-s.quit:
+	go s.forward(pid, ns.Messages())
+}
+
+// statusEvery is the least time between two STATUS= of one worker that the
+// loop sees: a worker flooding STATUS= then costs the loop, and systemd,
+// at most a few updates a second.
+const statusEvery = 100 * time.Millisecond
+
+// forward passes a worker's notifications to the loop. A message that is
+// only a STATUS= is held back while one was passed less than statusEvery
+// ago, and replaced by newer ones meanwhile; any other message goes at once,
+// after a held status unless it carries a newer one, so that the loop sees
+// them in order and the last status always arrives.
+func (s *Supervisor) forward(pid int, messages <-chan notify.Message) {
+	var held *notify.Message
+	var lastStatus time.Time
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var due <-chan time.Time // timer.C while a status is held
+	send := func(m notify.Message) bool {
+		if _, ok := m.Fields["STATUS"]; ok {
+			lastStatus = time.Now()
+		}
+		select {
+		case s.messages <- workerMessage{pid, m}:
+			return true
+		case <-s.quit:
+			return false
+		}
+	}
+	for {
+		select {
+		case m, ok := <-messages:
+			if !ok {
+				if held != nil {
+					send(*held)
+				}
 				return
 			}
+			_, hasStatus := m.Fields["STATUS"]
+			if !m.Ready && !m.Stopping && !m.Watchdog {
+				if !hasStatus {
+					continue // nothing the loop acts on
+				}
+				if wait := statusEvery - time.Since(lastStatus); held != nil || wait > 0 {
+					if held == nil {
+						timer.Reset(wait)
+						due = timer.C
+					}
+					held = &m
+					continue
+				}
+			} else if held != nil {
+				if !hasStatus && !send(*held) {
+					return
+				}
+				held, due = nil, nil
+				timer.Stop()
+			}
+			if !send(m) {
+				return
+			}
+		case <-due:
+			due = nil
+			if held != nil {
+				m := *held
+				held = nil
+				if !send(m) {
+					return
+				}
+			}
 		}
-	}()
+	}
 }
 
 // handleMessage acts on a worker's READY=1, STATUS=, WATCHDOG=1, STOPPING=1.
@@ -615,7 +713,10 @@ func (s *Supervisor) exited(pid int, status syscall.WaitStatus) {
 		delete(s.old, pid)
 		s.updateStatus()
 		s.observe(Event{Kind: Exited, Generation: w.gen, PID: pid, Status: status})
-		if s.stopping {
+		if w.failedStart {
+			// Never an old worker: notReady gave up on its start.
+			s.logf("new worker %d seems to have failed to start, exit status:%d", pid, status)
+		} else if s.stopping {
 			s.logf("worker %d died, status:%d", pid, status)
 		} else {
 			s.logf("old worker %d died, status:%d", pid, status)
@@ -623,7 +724,7 @@ func (s *Supervisor) exited(pid int, status syscall.WaitStatus) {
 	default:
 		// Another child: a worker's orphaned descendant, re-parented to us
 		// (see sys.adopt), or the command of a --log-file pipe that died.
-		s.logf("process %d (not a worker) exited, status:%d", pid, status)
+		s.orphanExits.Log(fmt.Sprintf("process %d (not a worker) exited, status:%d", pid, status))
 	}
 }
 
@@ -790,6 +891,7 @@ func (s *Supervisor) notReady() {
 	s.readyAt = time.Time{}
 	err := fmt.Errorf("new worker %d did not report ready within %ss", w.pid, formatSeconds(s.cfg.ReadyTimeout))
 	s.logf("%v", err)
+	w.failedStart = true
 	s.old[w.pid] = w
 	s.signalAll(map[int]*worker{w.pid: w}, syscall.SIGTERM)
 	s.failed(w.started)
@@ -847,6 +949,11 @@ func (s *Supervisor) summary() string {
 
 func (s *Supervisor) logf(format string, args ...any) {
 	fmt.Fprintf(s.log, format+"\n", args...)
+}
+
+// limiter rate-limits a kind of log line; what names them in its counts.
+func (s *Supervisor) limiter(what string) *ratelog.Limiter {
+	return &ratelog.Limiter{What: what, Write: func(line string) { s.logf("%s", line) }}
 }
 
 // notSent returns the workers that have not been sent sig yet.

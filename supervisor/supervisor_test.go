@@ -2,6 +2,9 @@ package supervisor
 
 import (
 	"bytes"
+	"fmt"
+	"github.com/ss-bridge/ss-bridge/internal/ratelog"
+	"github.com/ss-bridge/ss-bridge/notify"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,7 +25,9 @@ type fakeOS struct {
 	alive   map[int]bool
 	// dieOnStart, when set, makes every spawned worker exit at once.
 	dieOnStart bool
-	signals    chan os.Signal
+	// The channels of Run's Signals, buffered as NotifySignals buffers
+	// them; a signal for a full one is dropped, as os/signal drops it.
+	stop, reload, child chan os.Signal
 	// dirReads counts the envdir's listings.
 	dirReads int
 }
@@ -45,7 +50,8 @@ type exitRecord struct {
 }
 
 func newFakeOS() *fakeOS {
-	return &fakeOS{nextPID: 100, alive: map[int]bool{}, signals: make(chan os.Signal, 64)}
+	return &fakeOS{nextPID: 100, alive: map[int]bool{},
+		stop: make(chan os.Signal, 2), reload: make(chan os.Signal, 1), child: make(chan os.Signal, 1)}
 }
 
 func (f *fakeOS) sys() sys {
@@ -100,7 +106,7 @@ func (f *fakeOS) exitLocked(pid int, status syscall.WaitStatus) {
 	}
 	delete(f.alive, pid)
 	f.exits = append(f.exits, exitRecord{pid, status})
-	f.signals <- syscall.SIGCHLD
+	f.deliver(syscall.SIGCHLD)
 }
 
 func (f *fakeOS) spawned() []spawnRecord {
@@ -161,12 +167,11 @@ func start(t *testing.T, cfg Config, prepare ...func(*fakeOS)) *harness {
 		t.Fatal(err)
 	}
 	s.sys = h.os.sys()
-	go func() { h.done <- s.Run(h.os.signals) }()
+	go func() {
+		h.done <- s.Run(Signals{Stop: h.os.stop, Reload: h.os.reload, Child: h.os.child})
+	}()
 	t.Cleanup(func() {
-		select {
-		case h.os.signals <- syscall.SIGTERM:
-		default:
-		}
+		h.os.deliver(syscall.SIGTERM)
 		// Let every worker the fake OS still has exit, so that Run returns.
 		deadline := time.Now().Add(5 * time.Second)
 		for time.Now().Before(deadline) {
@@ -190,7 +195,23 @@ func start(t *testing.T, cfg Config, prepare ...func(*fakeOS)) *harness {
 	return h
 }
 
-func (h *harness) signal(sig os.Signal) { h.os.signals <- sig }
+func (h *harness) signal(sig os.Signal) { h.os.deliver(sig) }
+
+// deliver puts sig on its channel, or drops it when the channel is full, as
+// os/signal does.
+func (f *fakeOS) deliver(sig os.Signal) {
+	ch := f.reload
+	switch sig {
+	case syscall.SIGTERM, syscall.SIGINT:
+		ch = f.stop
+	case syscall.SIGCHLD:
+		ch = f.child
+	}
+	select {
+	case ch <- sig:
+	default:
+	}
+}
 
 // waitFor polls cond until it holds or a few seconds pass.
 func (h *harness) waitFor(what string, cond func() bool) {
@@ -420,4 +441,109 @@ func TestSummaryNamesWhatServes(t *testing.T) {
 	h.waitFor("the new one serving", func() bool {
 		return strings.HasPrefix(summary(), "generation 3 (pid 10") && strings.HasSuffix(summary(), ") serving; 1 old generation draining")
 	})
+}
+
+// A swarm of orphans exiting costs a log line and a count, not a line each.
+func TestOrphanExitsAreLoggedWithACount(t *testing.T) {
+	h := start(t, Config{Interval: 10 * time.Millisecond})
+	h.waitLog("starting new worker 101")
+	for i := range 1000 {
+		h.os.mu.Lock()
+		h.os.exits = append(h.os.exits, exitRecord{pid: 5000 + i})
+		h.os.mu.Unlock()
+		h.os.deliver(syscall.SIGCHLD)
+	}
+	h.waitLog("process 5004 (not a worker) exited, status:0")
+	h.signal(syscall.SIGTERM)
+	h.waitLog("received TERM, sending TERM to all workers:101")
+	h.os.exit(101, 0)
+	if err := <-h.done; err != nil {
+		t.Fatal(err)
+	}
+	h.done <- nil // for the cleanup
+	log := h.log.String()
+	if n := strings.Count(log, "(not a worker) exited"); n != ratelog.DefaultBurst {
+		t.Errorf("%d lines for orphans' exits, want %d:\n%s", n, ratelog.DefaultBurst, log)
+	}
+	if !strings.Contains(log, "... and 995 more processes that were not workers exited\n") {
+		t.Errorf("no count of the other 995:\n%s", log)
+	}
+}
+
+// A worker given up on for not sending READY=1 in time is a failed start
+// when it exits, not an old generation dying.
+func TestWorkerNotReadyInTimeExitsAsAFailedStart(t *testing.T) {
+	h := start(t, Config{ReadyByNotify: true, ReadyTimeout: 50 * time.Millisecond, NotifyDir: t.TempDir()})
+	h.waitLog("new worker 101 did not report ready within 0.05s")
+	h.waitFor("TERM to worker 101", func() bool { return len(h.os.killsOf(101)) == 1 })
+	h.os.exit(101, 0)
+	h.waitLog("new worker 101 seems to have failed to start, exit status:0")
+	if strings.Contains(h.log.String(), "old worker 101 died") {
+		t.Errorf("the worker that failed to start is logged as an old one:\n%s", h.log)
+	}
+}
+
+// --worker-watchdog alone gives workers the NOTIFY_SOCKET their WATCHDOG=1
+// needs.
+func TestWorkerWatchdogGivesWorkersANotifySocket(t *testing.T) {
+	h := start(t, Config{WorkerWatchdog: time.Second, NotifyDir: t.TempDir()})
+	h.waitLog("starting new worker 101")
+	env := "\n" + strings.Join(h.os.spawned()[0].env, "\n") + "\n"
+	if !strings.Contains(env, "\nNOTIFY_SOCKET=/") || !strings.Contains(env, "\nWATCHDOG_USEC=1000000\n") {
+		t.Errorf("worker environment lacks NOTIFY_SOCKET or WATCHDOG_USEC:\n%s", env)
+	}
+}
+
+// A worker flooding STATUS= reaches the loop a few times a second, and its
+// last status, and every other message, in order.
+func TestStatusFloodIsCoalesced(t *testing.T) {
+	s, err := New(Config{Command: []string{"/bin/sh"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := make(chan notify.Message)
+	go s.forward(42, in)
+	status := func(text string) notify.Message {
+		return notify.Message{PID: 42, Status: text, Fields: map[string]string{"STATUS": text}}
+	}
+	var got []notify.Message
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		for m := range s.messages {
+			got = append(got, m.msg)
+			if m.msg.Stopping {
+				return
+			}
+		}
+	}()
+	begin := time.Now()
+	for i := range 20000 {
+		in <- status(fmt.Sprint("busy ", i))
+	}
+	in <- notify.Message{PID: 42, Ready: true, Fields: map[string]string{"READY": "1"}}
+	in <- status("last")
+	in <- notify.Message{PID: 42, Stopping: true, Fields: map[string]string{"STOPPING": "1"}}
+	<-collected
+	close(in)
+	took := time.Since(begin)
+
+	var texts []string
+	for _, m := range got {
+		switch {
+		case m.Ready:
+			texts = append(texts, "READY")
+		case m.Stopping:
+			texts = append(texts, "STOPPING")
+		default:
+			texts = append(texts, m.Status)
+		}
+	}
+	if max := 5 + int(took/statusEvery); len(got) > max {
+		t.Errorf("the loop got %d messages in %v, want at most %d", len(got), took, max)
+	}
+	n := len(texts)
+	if n < 4 || texts[0] != "busy 0" || texts[n-4] != "busy 19999" || texts[n-3] != "READY" || texts[n-2] != "last" || texts[n-1] != "STOPPING" {
+		t.Errorf("the loop got %q", texts)
+	}
 }

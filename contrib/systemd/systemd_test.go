@@ -992,10 +992,12 @@ func TestWorkerEnvironment(t *testing.T) {
 		if sock == bridgeEnv["NOTIFY_SOCKET"] || sock == "/run/systemd/notify" {
 			t.Errorf("the worker inherited systemd's NOTIFY_SOCKET=%s", sock)
 		}
-		if !regexp.MustCompile(`^/tmp/notify-[^/]+/notify\.sock$`).MatchString(sock) {
+		if !regexp.MustCompile(`^/tmp/notify-[^/]+/[0-9a-f]{16}\.sock$`).MatchString(sock) {
 			t.Errorf("the worker's NOTIFY_SOCKET=%s is not ss-bridge's private socket", sock)
 		}
-		if got := r.exec("stat", "-c", "%a %F", filepath.Dir(sock), sock); !strings.HasPrefix(got, "700 directory\n") || !strings.HasSuffix(got, " socket\n") {
+		// Enterable but not listable, and writable by a worker that changed its user:
+		// the sender check by pid keeps others out.
+		if got := r.exec("stat", "-c", "%a %F", filepath.Dir(sock), sock); got != "711 directory\n666 socket\n" {
 			t.Errorf("stat of the worker's notify socket directory and socket: %q", got)
 		}
 	}
@@ -1246,5 +1248,28 @@ func TestFDStoreDropsSocketsNoLongerRequested(t *testing.T) {
 	}
 	if j := r.journal(unit); strings.Contains(j, "failed to remove") {
 		t.Errorf("journal:\n%s", j)
+	}
+}
+
+// A worker whose STATUS= is near the 4096 bytes of a notification does not cost the unit
+// its READY=1: ss-bridge cuts the text and sends state changes alone, so the start and a
+// reload complete (with the text in the READY=1 datagram, systemd would ignore it, and the
+// start would hang until its timeout).
+func TestLongWorkerStatusKeepsReady(t *testing.T) {
+	r := newRig(t)
+	r.appUnits("@BRIDGE@ --port=@ADDR@ --ready=notify --ready-timeout=3 -- @APP@ -status-len=4080")
+	r.installUnits(map[string]string{"app.service.d/timeout.conf": "[Service]\nTimeoutStartSec=5\n"})
+	r.systemctl("start", "app.service")
+	if s := r.property("app.service", "ActiveState"); s != "active" {
+		r.dumpJournal()
+		t.Fatalf("ActiveState %s", s)
+	}
+	r.systemctl("reload", "app.service")
+	if _, gen := r.ask(); gen != 2 {
+		t.Errorf("after the reload, answered by gen %d", gen)
+	}
+	s := r.property("app.service", "StatusText")
+	if len(s) > notify.MaxStatusLen || !strings.HasSuffix(s, "s...") {
+		t.Errorf("StatusText of %d bytes: %.80q", len(s), s)
 	}
 }

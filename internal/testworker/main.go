@@ -12,8 +12,8 @@
 // connections after their current response, idle ones at once) and exits 0. HUP and USR2
 // are only logged.
 //
-// Flags: -start-delay, -exit-after-start, -ignore-term, -latency, -ready, -watchdog,
-// -watchdog-once (see -help).
+// Flags: -start-delay, -exit-after-start, -ignore-term, -latency, -status-len, -ready,
+// -status-flood, -watchdog, -watchdog-once (see -help).
 package main
 
 import (
@@ -49,6 +49,8 @@ func main() {
 	ignoreTerm := flag.Bool("ignore-term", false, "ignore SIGTERM and keep serving")
 	latency := flag.Duration("latency", 0, "time taken by every request")
 	ready := flag.Bool("ready", false, "call listener.Ready() once serving")
+	statusLen := flag.Int("status-len", 0, "once serving (before -ready), send a STATUS= of this many bytes")
+	statusFlood := flag.Bool("status-flood", false, "once serving (after -ready), send STATUS= to NOTIFY_SOCKET in a loop, as fast as it is taken")
 	watchdog := flag.Bool("watchdog", false, "once serving, send WATCHDOG=1 to NOTIFY_SOCKET every half of WATCHDOG_USEC")
 	watchdogOnce := flag.Bool("watchdog-once", false, "once serving, send WATCHDOG=1 to NOTIFY_SOCKET once, then never again")
 	flag.Parse()
@@ -121,6 +123,13 @@ func main() {
 	}
 
 	logf("gen %s serving", gen)
+	if *statusLen > 0 {
+		text := fmt.Sprintf("pid %d: ", pid)
+		text += strings.Repeat("s", max(*statusLen-len(text), 0))
+		if err := listener.Status(text); err != nil {
+			logf("listener.Status: %v", err)
+		}
+	}
 	if *ready {
 		if err := listener.Ready(); err != nil {
 			logf("listener.Ready: %v", err)
@@ -128,6 +137,9 @@ func main() {
 	}
 	if *watchdog || *watchdogOnce {
 		startWatchdog(*watchdogOnce, logf)
+	}
+	if *statusFlood {
+		go floodStatus(logf)
 	}
 
 	ctx, drain := context.WithCancel(context.Background())
@@ -188,4 +200,16 @@ func startWatchdog(once bool, logf func(string, ...any)) {
 			ping()
 		}
 	}()
+}
+
+// floodStatus sends "STATUS=busy N" to NOTIFY_SOCKET, N counting up, for as long as
+// the process lives, with blocking sends: as fast as the reader takes them.
+func floodStatus(logf func(string, ...any)) {
+	logf("flooding NOTIFY_SOCKET with STATUS=")
+	for n := 0; ; n++ {
+		if err := listener.Status(fmt.Sprintf("busy %d", n)); err != nil {
+			logf("status flood stopped: %v", err)
+			return
+		}
+	}
 }
