@@ -174,6 +174,12 @@ func install(ctx context.Context, o *Options, files []units.File) error {
 		if err := conn.Enable(ctx, []string{main}); err != nil {
 			return err
 		}
+		// Enabling adds links that systemd has not read: without another
+		// reload, as systemctl enable does, every later systemctl command
+		// warns that the unit changed on disk.
+		if err := conn.ReloadDaemon(ctx); err != nil {
+			return err
+		}
 		fmt.Printf("enabled %s\n", main)
 	}
 	if o.Now {

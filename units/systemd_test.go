@@ -153,6 +153,13 @@ func TestCommandsAgainstSystemd(t *testing.T) {
 		if enabled, _ := c.Systemctl("is-enabled", "web.socket"); enabled != "enabled" {
 			t.Errorf("web.socket is %q", enabled)
 		}
+		// As systemctl enable does, install reloads systemd after enabling:
+		// else systemctl warns at every command that the unit changed on disk.
+		for _, unit := range []string{"web.service", "web.socket"} {
+			if need, _ := c.Systemctl("show", "-P", "NeedDaemonReload", unit); need != "no" {
+				t.Errorf("%s: NeedDaemonReload=%q after install", unit, need)
+			}
+		}
 		if gen, err := get(port); err != nil || gen != 1 {
 			t.Fatalf("first request: generation %d, %v", gen, err)
 		}
