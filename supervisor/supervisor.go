@@ -160,6 +160,24 @@ type Supervisor struct {
 	// settings are those of the envdir as last read (see readEnv).
 	settings settings
 
+	// loopState is everything the loop decides by that must survive an
+	// execve of this process (see Snapshot and Restore).
+	loopState
+	// restored: the state came from Restore, and Run carries on from it.
+	restored bool
+	messages chan workerMessage
+	quit     chan struct{}    // closed when Run returns
+	now      func() time.Time // for tests
+
+	// Floods of these cost a line and a count, not a line each.
+	ignoredNotify *ratelog.Limiter
+	orphanExits   *ratelog.Limiter
+}
+
+// loopState is the supervisor's state between two wakes of its loop. It is
+// one struct so that Snapshot and Restore cannot miss a field: a test fails
+// when a field is added here without being carried in State.
+type loopState struct {
 	generation int             // SERVER_STARTER_GENERATION of the last start attempt
 	current    *worker         // the serving generation
 	starting   *worker         // a new generation not yet counted as started
@@ -176,13 +194,6 @@ type Supervisor struct {
 	statusMade bool            // we created the status file
 	everReady  bool            // a generation has counted as started
 	beatAt     time.Time       // next Heartbeat
-	messages   chan workerMessage
-	quit       chan struct{}    // closed when Run returns
-	now        func() time.Time // for tests
-
-	// Floods of these cost a line and a count, not a line each.
-	ignoredNotify *ratelog.Limiter
-	orphanExits   *ratelog.Limiter
 }
 
 // New returns a supervisor for cfg; it starts nothing until Run. Call
@@ -211,8 +222,10 @@ func New(cfg Config) (*Supervisor, error) {
 		sys:  realSys,
 		log:  cfg.Log,
 		base: newEnvironment(cfg.Env),
-		old:  map[int]*worker{},
 		now:  time.Now,
+		loopState: loopState{
+			old: map[int]*worker{},
+		},
 
 		messages: make(chan workerMessage, 16),
 		quit:     make(chan struct{}),
@@ -268,7 +281,8 @@ func (cfg Config) checkCommand() error {
 	return nil
 }
 
-// Run starts the first generation and supervises until a TERM or INT arrives
+// Run starts the first generation (for a supervisor from Restore: reaps the
+// workers that exited during the exec, and starts none) and supervises until a TERM or INT arrives
 // on signals.Stop and every generation has exited. It acts on SIGHUP,
 // SIGTERM, SIGINT, SIGQUIT (as TERM) and SIGCHLD from signals and ignores the
 // others; the caller routes the process's signals there (NotifySignals). A
@@ -290,11 +304,15 @@ func (s *Supervisor) Run(signals Signals) error {
 	// while descriptors are available, rather than at the first deadline,
 	// which may come when they are exhausted (a retry after EMFILE).
 	time.AfterFunc(time.Hour, func() {}).Stop()
-	if s.cfg.Heartbeat > 0 {
-		s.beatAt = s.now()
-	}
-	if err := s.spawn(); err != nil {
-		return err
+	if s.restored {
+		s.resume()
+	} else {
+		if s.cfg.Heartbeat > 0 {
+			s.beatAt = s.now()
+		}
+		if err := s.spawn(); err != nil {
+			return err
+		}
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -345,6 +363,32 @@ func (s *Supervisor) Run(signals Signals) error {
 	s.orphanExits.Flush()
 	s.logf("exiting")
 	return nil
+}
+
+// resume starts a restored supervisor's loop where Snapshot left it.
+func (s *Supervisor) resume() {
+	// The settings of the envdir as it is now, as at any start attempt.
+	s.readEnv()
+	for _, w := range []*worker{s.current, s.starting} {
+		if w != nil && w.notify != nil {
+			s.listen(w.pid, w.notify)
+		}
+	}
+	for _, pid := range sortedPIDs(s.old) {
+		if w := s.old[pid]; w.notify != nil {
+			s.listen(pid, w.notify)
+		}
+	}
+	switch {
+	case s.cfg.Heartbeat <= 0:
+		s.beatAt = time.Time{}
+	case s.beatAt.IsZero():
+		s.beatAt = s.now()
+	}
+	// A worker that exited during the exec is a zombie whose SIGCHLD was
+	// lost: the new image's runtime unblocks SIGCHLD while its disposition is
+	// still the default, ignore.
+	s.handleSignal(syscall.SIGCHLD)
 }
 
 func (s *Supervisor) done() bool {
