@@ -253,6 +253,19 @@ func (s *Supervisor) Snapshot() State {
 	return st
 }
 
+// CheckExec fails when an execve of this process now would kill workers
+// through their Pdeathsig: a worker was started off the main thread, or the
+// caller, who is to exec, is not on it (see the init in sys.go).
+func (s *Supervisor) CheckExec() error {
+	if s.offMainThread {
+		return errors.New("workers were started off the main thread: an exec would signal them")
+	}
+	if s.sys.onMainThread != nil && !s.sys.onMainThread() {
+		return fmt.Errorf("exec off the main thread (thread %d) would signal the workers", unix.Gettid())
+	}
+	return nil
+}
+
 // Restore returns a supervisor for cfg that carries on from st, taken by
 // Snapshot in an earlier image of this process. Run then starts no first
 // generation: it reaps the workers that exited meanwhile (their SIGCHLD was

@@ -165,9 +165,12 @@ type Supervisor struct {
 	loopState
 	// restored: the state came from Restore, and Run carries on from it.
 	restored bool
-	messages chan workerMessage
-	quit     chan struct{}    // closed when Run returns
-	now      func() time.Time // for tests
+	// offMainThread: a worker was forked off the main thread, and would get
+	// its Pdeathsig at an execve of this process (see spawnWith).
+	offMainThread bool
+	messages      chan workerMessage
+	quit          chan struct{}    // closed when Run returns
+	now           func() time.Time // for tests
 
 	// Floods of these cost a line and a count, not a line each.
 	ignoredNotify *ratelog.Limiter
@@ -490,6 +493,13 @@ func (s *Supervisor) spawnWith(env environment) error {
 		}
 	}
 	var pid int
+	if err == nil && !s.offMainThread && s.sys.onMainThread != nil && !s.sys.onMainThread() {
+		// Said once: the loop runs where it runs. The fork still happens;
+		// only an exec of this process would harm the worker, and
+		// CheckExec refuses that.
+		s.offMainThread = true
+		s.logf("warning: starting workers off the main thread (thread %d): they will get %s if this process execs itself", unix.Gettid(), logName(s.cfg.SignalOnTERM, s.cfg.SignalOnTERMName))
+	}
 	if err == nil {
 		pid, err = s.sys.spawn(path, s.cfg.Command, &syscall.ProcAttr{
 			Dir:   s.cfg.Dir,
@@ -500,11 +510,16 @@ func (s *Supervisor) spawnWith(env environment) error {
 			// SignalOnTERM, as our TERM would, so that they drain and exit and
 			// free the sockets for the next supervisor. (Adopting them instead
 			// would need their sockets back, which a new supervisor cannot
-			// get.) Linux sends the signal when the thread that forked exits;
-			// Go ends a thread only when a goroutine locked to it with
-			// runtime.LockOSThread exits, which never happens here, so the
-			// signal comes with the process's death. A worker that ignores
-			// the signal survives it, as it would survive our TERM.
+			// get.) A worker that ignores the signal survives it, as it would
+			// survive our TERM.
+			//
+			// Linux sends the signal when the *thread* that forked exits, and
+			// an execve of this process ends every thread but the one that
+			// execs. So the fork must happen on the main thread, the only one
+			// that lives as long as the process and the one that execs it:
+			// the loop runs on the main goroutine, which the init in sys.go
+			// locks to the main thread. Go threads do not otherwise exit here
+			// (only one whose locked goroutine exits does).
 			Sys: &syscall.SysProcAttr{Pdeathsig: s.cfg.SignalOnTERM},
 		})
 	}
