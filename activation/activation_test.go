@@ -304,3 +304,41 @@ func TestOpenUsesInheritedSocketsAtTheRequestedAddress(t *testing.T) {
 	}
 	socks[1].Close()
 }
+
+// A unix socket handed over across an execve keeps its claim on exactly the
+// file its first image bound: Close removes that file, and leaves one that
+// replaced it meanwhile.
+func TestAdoptFileRemovesOnlyTheFileBound(t *testing.T) {
+	for _, replaced := range []bool{false, true} {
+		path := filepath.Join(t.TempDir(), "app.sock")
+		spec, _ := ParsePath(path)
+		socks, err := Open([]Spec{spec}, nil, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, ok := socks[0].OwnedFile()
+		if !ok {
+			t.Fatal("a socket file Open bound is not owned")
+		}
+		// The new image: the same descriptor, rebuilt from the state.
+		resumed := Socket{Spec: socks[0].Spec, FD: socks[0].FD}
+		resumed.AdoptFile(id)
+		socks[0].Disown()
+		if replaced {
+			os.Remove(path)
+			if err := os.WriteFile(path, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := resumed.Close(); err != nil {
+			t.Fatal(err)
+		}
+		_, err = os.Lstat(path)
+		if replaced && err != nil {
+			t.Errorf("Close removed the file that replaced the socket: %v", err)
+		}
+		if !replaced && !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("Close left the socket file it owned: %v", err)
+		}
+	}
+}

@@ -31,10 +31,11 @@ type Socket struct {
 	Inherited bool
 	// owned records the unix socket file this process created, so that Close
 	// removes that file and not one that replaced it since.
-	owned *fileID
+	owned *FileID
 }
 
-type fileID struct{ dev, ino uint64 }
+// FileID identifies a file by device and inode number.
+type FileID struct{ Dev, Ino uint64 }
 
 // Options tunes how sockets are bound.
 type Options struct {
@@ -375,12 +376,12 @@ func describeMode(m os.FileMode) string {
 	}
 }
 
-func statID(path string) (fileID, error) {
+func statID(path string) (FileID, error) {
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil {
-		return fileID{}, err
+		return FileID{}, err
 	}
-	return fileID{uint64(st.Dev), st.Ino}, nil
+	return FileID{Dev: uint64(st.Dev), Ino: st.Ino}, nil
 }
 
 // Close closes the descriptor and removes the unix socket file this process
@@ -415,6 +416,26 @@ func (s *Socket) Adopt() {
 		return
 	}
 	if id, err := statID(s.Path); err == nil {
+		s.owned = &id
+	}
+}
+
+// OwnedFile returns the identity of the unix socket file Close removes, and
+// false when Close removes none: for handing the socket over across an
+// execve.
+func (s *Socket) OwnedFile() (FileID, bool) {
+	if s.owned == nil {
+		return FileID{}, false
+	}
+	return *s.owned, true
+}
+
+// AdoptFile makes Close remove the socket file at s.Path, but only while it
+// is still the file id: the identity an earlier image of this process got
+// from OwnedFile before an execve. Unlike Adopt it does not trust whatever
+// is at the path now, which may have replaced our file during the exec.
+func (s *Socket) AdoptFile(id FileID) {
+	if s.Network == Unix {
 		s.owned = &id
 	}
 }

@@ -187,7 +187,16 @@ func (s *WorkerSocket) Watch(pid int) {
 
 // Close stops reading, closes Messages, and removes the socket and its
 // directory. Datagrams still queued are discarded, descriptors with them.
-func (s *WorkerSocket) Close() error {
+func (s *WorkerSocket) Close() error { return s.close(true) }
+
+// Release stops reading, closes Messages and this process's descriptor, and
+// leaves the socket file and its directory in place: for a socket whose
+// handover failed, so that the descriptor the old image passed on stays the
+// one that owns them. Datagrams still queued stay in the kernel's queue if
+// another descriptor holds the socket.
+func (s *WorkerSocket) Release() error { return s.close(false) }
+
+func (s *WorkerSocket) close(removeFiles bool) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -204,13 +213,97 @@ func (s *WorkerSocket) Close() error {
 	} else {
 		close(s.messages)
 	}
-	if rmErr := os.RemoveAll(s.dir); rmErr != nil {
-		err = errors.Join(err, rmErr)
+	if removeFiles {
+		if rmErr := os.RemoveAll(s.dir); rmErr != nil {
+			err = errors.Join(err, rmErr)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("close notify socket %s: %w", s.path, err)
 	}
 	return nil
+}
+
+// FD is the socket's descriptor in this process, for a handover across an
+// execve: the caller clears its close-on-exec flag just before the exec, and
+// sets it again if the exec fails. It is valid until Close or Release.
+func (s *WorkerSocket) FD() (int, error) {
+	raw, err := s.conn.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("notify socket %s: %w", s.path, err)
+	}
+	fd := -1
+	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return -1, fmt.Errorf("notify socket %s: %w", s.path, err)
+	}
+	return fd, nil
+}
+
+// AdoptWorkerSocket takes over a socket that Listen made in an earlier image
+// of this process and that was handed over across an execve as descriptor
+// fd, bound at path. Like Listen it returns a socket that reads nothing
+// until Watch names the worker; Close removes the socket and its directory.
+//
+// fd itself is duplicated, not taken: it is marked close-on-exec, so that no
+// worker inherits it, and left open, so that a failed resume can still hand
+// it to a rollback image. The caller closes it once the handover is final.
+// AdoptWorkerSocket fails, having changed nothing but that flag, when fd is
+// not a unix datagram socket bound to path and passing credentials: the
+// sender check needs them, and another socket at that number means the
+// handed-over state does not describe this process.
+func AdoptWorkerSocket(fd int, path string) (*WorkerSocket, error) {
+	fail := func(err error) (*WorkerSocket, error) {
+		return nil, fmt.Errorf("adopt notify socket %s (descriptor %d): %w", path, fd, err)
+	}
+	if !filepath.IsAbs(path) || filepath.Base(path) == path {
+		return fail(errors.New("not an absolute path in a directory of its own"))
+	}
+	unix.CloseOnExec(fd)
+	if domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil {
+		return fail(err)
+	} else if domain != unix.AF_UNIX {
+		return fail(errors.New("not a unix socket"))
+	}
+	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
+		return fail(err)
+	} else if typ != unix.SOCK_DGRAM {
+		return fail(errors.New("not a datagram socket"))
+	}
+	if cred, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED); err != nil {
+		return fail(err)
+	} else if cred == 0 {
+		return fail(errors.New("SO_PASSCRED is off"))
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fail(err)
+	}
+	if un, ok := sa.(*unix.SockaddrUnix); !ok || un.Name != path {
+		return fail(fmt.Errorf("bound to %v, not to the path", sa))
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fail(err)
+	}
+	f := os.NewFile(uintptr(dup), path)
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return fail(err)
+	}
+	conn, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return fail(fmt.Errorf("not a unix socket but %T", c))
+	}
+	return &WorkerSocket{
+		dir:      filepath.Dir(path),
+		path:     path,
+		conn:     conn,
+		messages: make(chan Message, 16),
+		done:     make(chan struct{}),
+		stopped:  make(chan struct{}),
+	}, nil
 }
 
 func (s *WorkerSocket) read(dropped func(error)) {

@@ -331,3 +331,63 @@ func TestListenRefusesADirectoryTooDeepForASocket(t *testing.T) {
 		t.Fatalf("left behind %v", entries)
 	}
 }
+
+// A socket handed over across an execve is adopted by descriptor and path:
+// a datagram queued before the handover is delivered after it, checked
+// against the worker, and Close then removes the socket and its directory.
+func TestAdoptWorkerSocketTakesOverQueuedMessages(t *testing.T) {
+	old := listen(t)
+	w := startWorker(t, old, "send", []string{"HELPER_MESSAGE=READY=1\nSTATUS=before the exec"})
+	fd, err := old.FD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	adopted, err := AdoptWorkerSocket(fd, old.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The old image's descriptor goes away at the exec, its files do not.
+	if err := old.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old.Path()); err != nil {
+		t.Fatalf("Release removed the socket file: %v", err)
+	}
+	adopted.Watch(w.cmd.Process.Pid)
+	if m := next(t, adopted); m.PID != w.cmd.Process.Pid || !m.Ready || m.Status != "before the exec" {
+		t.Fatalf("got %+v from worker %d", m, w.cmd.Process.Pid)
+	}
+	if err := adopted.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Dir(old.Path())); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the adopted socket's directory is still there: %v", err)
+	}
+}
+
+// A descriptor that is not the socket the state names is refused, and left
+// open for a rollback.
+func TestAdoptWorkerSocketRefusesAnotherDescriptor(t *testing.T) {
+	a, b := listen(t), listen(t)
+	fdB, err := b.FD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, wr, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer wr.Close()
+	for name, fd := range map[string]int{"another socket": fdB, "a pipe": int(r.Fd())} {
+		if ws, err := AdoptWorkerSocket(fd, a.Path()); err == nil {
+			ws.Release()
+			t.Errorf("%s was adopted as %s", name, a.Path())
+		} else if !strings.Contains(err.Error(), a.Path()) {
+			t.Errorf("error for %s does not name the path: %v", name, err)
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			t.Errorf("%s was closed: %v", name, err)
+		}
+	}
+}

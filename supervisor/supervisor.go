@@ -160,6 +160,27 @@ type Supervisor struct {
 	// settings are those of the envdir as last read (see readEnv).
 	settings settings
 
+	// loopState is everything the loop decides by that must survive an
+	// execve of this process (see Snapshot and Restore).
+	loopState
+	// restored: the state came from Restore, and Run carries on from it.
+	restored bool
+	// offMainThread: a worker was forked off the main thread, and would get
+	// its Pdeathsig at an execve of this process (see spawnWith).
+	offMainThread bool
+	messages      chan workerMessage
+	quit          chan struct{}    // closed when Run returns
+	now           func() time.Time // for tests
+
+	// Floods of these cost a line and a count, not a line each.
+	ignoredNotify *ratelog.Limiter
+	orphanExits   *ratelog.Limiter
+}
+
+// loopState is the supervisor's state between two wakes of its loop. It is
+// one struct so that Snapshot and Restore cannot miss a field: a test fails
+// when a field is added here without being carried in State.
+type loopState struct {
 	generation int             // SERVER_STARTER_GENERATION of the last start attempt
 	current    *worker         // the serving generation
 	starting   *worker         // a new generation not yet counted as started
@@ -176,13 +197,6 @@ type Supervisor struct {
 	statusMade bool            // we created the status file
 	everReady  bool            // a generation has counted as started
 	beatAt     time.Time       // next Heartbeat
-	messages   chan workerMessage
-	quit       chan struct{}    // closed when Run returns
-	now        func() time.Time // for tests
-
-	// Floods of these cost a line and a count, not a line each.
-	ignoredNotify *ratelog.Limiter
-	orphanExits   *ratelog.Limiter
 }
 
 // New returns a supervisor for cfg; it starts nothing until Run. Call
@@ -211,8 +225,10 @@ func New(cfg Config) (*Supervisor, error) {
 		sys:  realSys,
 		log:  cfg.Log,
 		base: newEnvironment(cfg.Env),
-		old:  map[int]*worker{},
 		now:  time.Now,
+		loopState: loopState{
+			old: map[int]*worker{},
+		},
 
 		messages: make(chan workerMessage, 16),
 		quit:     make(chan struct{}),
@@ -268,7 +284,8 @@ func (cfg Config) checkCommand() error {
 	return nil
 }
 
-// Run starts the first generation and supervises until a TERM or INT arrives
+// Run starts the first generation (for a supervisor from Restore: reaps the
+// workers that exited during the exec, and starts none) and supervises until a TERM or INT arrives
 // on signals.Stop and every generation has exited. It acts on SIGHUP,
 // SIGTERM, SIGINT, SIGQUIT (as TERM) and SIGCHLD from signals and ignores the
 // others; the caller routes the process's signals there (NotifySignals). A
@@ -290,11 +307,15 @@ func (s *Supervisor) Run(signals Signals) error {
 	// while descriptors are available, rather than at the first deadline,
 	// which may come when they are exhausted (a retry after EMFILE).
 	time.AfterFunc(time.Hour, func() {}).Stop()
-	if s.cfg.Heartbeat > 0 {
-		s.beatAt = s.now()
-	}
-	if err := s.spawn(); err != nil {
-		return err
+	if s.restored {
+		s.resume()
+	} else {
+		if s.cfg.Heartbeat > 0 {
+			s.beatAt = s.now()
+		}
+		if err := s.spawn(); err != nil {
+			return err
+		}
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -345,6 +366,32 @@ func (s *Supervisor) Run(signals Signals) error {
 	s.orphanExits.Flush()
 	s.logf("exiting")
 	return nil
+}
+
+// resume starts a restored supervisor's loop where Snapshot left it.
+func (s *Supervisor) resume() {
+	// The settings of the envdir as it is now, as at any start attempt.
+	s.readEnv()
+	for _, w := range []*worker{s.current, s.starting} {
+		if w != nil && w.notify != nil {
+			s.listen(w.pid, w.notify)
+		}
+	}
+	for _, pid := range sortedPIDs(s.old) {
+		if w := s.old[pid]; w.notify != nil {
+			s.listen(pid, w.notify)
+		}
+	}
+	switch {
+	case s.cfg.Heartbeat <= 0:
+		s.beatAt = time.Time{}
+	case s.beatAt.IsZero():
+		s.beatAt = s.now()
+	}
+	// A worker that exited during the exec is a zombie whose SIGCHLD was
+	// lost: the new image's runtime unblocks SIGCHLD while its disposition is
+	// still the default, ignore.
+	s.handleSignal(syscall.SIGCHLD)
 }
 
 func (s *Supervisor) done() bool {
@@ -446,6 +493,13 @@ func (s *Supervisor) spawnWith(env environment) error {
 		}
 	}
 	var pid int
+	if err == nil && !s.offMainThread && s.sys.onMainThread != nil && !s.sys.onMainThread() {
+		// Said once: the loop runs where it runs. The fork still happens;
+		// only an exec of this process would harm the worker, and
+		// CheckExec refuses that.
+		s.offMainThread = true
+		s.logf("warning: starting workers off the main thread (thread %d): they will get %s if this process execs itself", unix.Gettid(), logName(s.cfg.SignalOnTERM, s.cfg.SignalOnTERMName))
+	}
 	if err == nil {
 		pid, err = s.sys.spawn(path, s.cfg.Command, &syscall.ProcAttr{
 			Dir:   s.cfg.Dir,
@@ -456,11 +510,16 @@ func (s *Supervisor) spawnWith(env environment) error {
 			// SignalOnTERM, as our TERM would, so that they drain and exit and
 			// free the sockets for the next supervisor. (Adopting them instead
 			// would need their sockets back, which a new supervisor cannot
-			// get.) Linux sends the signal when the thread that forked exits;
-			// Go ends a thread only when a goroutine locked to it with
-			// runtime.LockOSThread exits, which never happens here, so the
-			// signal comes with the process's death. A worker that ignores
-			// the signal survives it, as it would survive our TERM.
+			// get.) A worker that ignores the signal survives it, as it would
+			// survive our TERM.
+			//
+			// Linux sends the signal when the *thread* that forked exits, and
+			// an execve of this process ends every thread but the one that
+			// execs. So the fork must happen on the main thread, the only one
+			// that lives as long as the process and the one that execs it:
+			// the loop runs on the main goroutine, which the init in sys.go
+			// locks to the main thread. Go threads do not otherwise exit here
+			// (only one whose locked goroutine exits does).
 			Sys: &syscall.SysProcAttr{Pdeathsig: s.cfg.SignalOnTERM},
 		})
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -149,28 +150,81 @@ type harness struct {
 	os   *fakeOS
 	log  *syncBuffer
 	done chan error
+	s    *Supervisor
+	// execs asks the loop, at its next Heartbeat, for a Snapshot; the loop
+	// then stops for good, as an execve would end it.
+	execs chan chan State
+	// frozen is set once the loop has stopped so.
+	frozen atomic.Bool
+
+	mu     sync.Mutex
+	events []timedEvent
+}
+
+type timedEvent struct {
+	Event
+	at time.Time
 }
 
 // start runs a supervisor on the fake OS; cfg.Command defaults to /bin/sh.
 func start(t *testing.T, cfg Config, prepare ...func(*fakeOS)) *harness {
 	t.Helper()
-	if cfg.Command == nil {
-		cfg.Command = []string{"/bin/sh"}
-	}
-	h := &harness{t: t, os: newFakeOS(), log: &syncBuffer{}, done: make(chan error, 1)}
+	h := newHarness(t, newFakeOS(), &syncBuffer{})
 	for _, p := range prepare {
 		p(h.os)
 	}
-	cfg.Log = h.log
-	s, err := New(cfg)
+	s, err := New(h.configure(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.run(s)
+	return h
+}
+
+func newHarness(t *testing.T, f *fakeOS, log *syncBuffer) *harness {
+	return &harness{t: t, os: f, log: log, done: make(chan error, 1), execs: make(chan chan State)}
+}
+
+// configure gives cfg the harness's log and an Observer that records every
+// event and takes the snapshots exec asks for.
+func (h *harness) configure(cfg Config) Config {
+	if cfg.Command == nil {
+		cfg.Command = []string{"/bin/sh"}
+	}
+	cfg.Log = h.log
+	user := cfg.Observer
+	cfg.Observer = func(e Event) {
+		h.mu.Lock()
+		h.events = append(h.events, timedEvent{e, time.Now()})
+		h.mu.Unlock()
+		if user != nil {
+			user(e)
+		}
+		if e.Kind != Heartbeat {
+			return
+		}
+		select {
+		case reply := <-h.execs:
+			h.frozen.Store(true)
+			reply <- h.s.Snapshot()
+			select {} // the image is gone
+		default:
+		}
+	}
+	return cfg
+}
+
+func (h *harness) run(s *Supervisor) {
+	h.s = s
 	s.sys = h.os.sys()
+	sigs := Signals{Stop: h.os.stop, Reload: h.os.reload, Child: h.os.child}
 	go func() {
-		h.done <- s.Run(Signals{Stop: h.os.stop, Reload: h.os.reload, Child: h.os.child})
+		h.done <- s.Run(sigs)
 	}()
-	t.Cleanup(func() {
+	h.t.Cleanup(func() {
+		if h.frozen.Load() {
+			return
+		}
 		h.os.deliver(syscall.SIGTERM)
 		// Let every worker the fake OS still has exit, so that Run returns.
 		deadline := time.Now().Add(5 * time.Second)
@@ -190,9 +244,8 @@ func start(t *testing.T, cfg Config, prepare ...func(*fakeOS)) *harness {
 			case <-time.After(20 * time.Millisecond):
 			}
 		}
-		t.Errorf("supervisor did not stop; log:\n%s", h.log)
+		h.t.Errorf("supervisor did not stop; log:\n%s", h.log)
 	})
-	return h
 }
 
 func (h *harness) signal(sig os.Signal) { h.os.deliver(sig) }
