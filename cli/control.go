@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ss-bridge/ss-bridge/service"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,12 +25,12 @@ func runningServer(pidPath string) (*os.File, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("open pid file: %w", err)
 	}
-	pid, err := readPid(pidPath)
+	pid, err := service.ReadPid(pidPath)
 	if err != nil {
 		f.Close()
 		return nil, 0, err
 	}
-	held, err := locked(f)
+	held, err := service.Locked(f)
 	if err != nil {
 		f.Close()
 		return nil, 0, err
@@ -58,7 +59,7 @@ func stopServer(o *Options, stderr io.Writer) error {
 	}
 	deadline := deadlineAfter(o.Timeout)
 	for {
-		held, err := locked(f)
+		held, err := service.Locked(f)
 		if err != nil {
 			return err
 		}
@@ -112,7 +113,7 @@ func restartServer(o *Options) error {
 		if err == nil && len(gens) == 1 && gens[0] > newest {
 			return nil
 		}
-		if held, _ := locked(f); !held {
+		if held, _ := service.Locked(f); !held {
 			return fmt.Errorf("server (pid %d) exited before the new generation started", pid)
 		}
 		if deadline.passed() {
