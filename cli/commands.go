@@ -16,6 +16,7 @@ import (
 
 	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"github.com/ss-bridge/ss-bridge/service"
+	"github.com/ss-bridge/ss-bridge/supervisor"
 	"github.com/ss-bridge/ss-bridge/units"
 	"golang.org/x/sys/unix"
 )
@@ -397,19 +398,13 @@ func standaloneStatus(o *Options) (report, int) {
 	return r, lsbRunning
 }
 
+// statusFileGenerations returns the generations a status file lists; none
+// when it cannot be read.
 func statusFileGenerations(path string) []generation {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil
-	}
-	var gens []generation
-	for _, line := range strings.Split(string(b), "\n") {
-		g, p, ok := strings.Cut(line, ":")
-		gen, err1 := strconv.Atoi(g)
-		pid, err2 := strconv.Atoi(p)
-		if ok && err1 == nil && err2 == nil {
-			gens = append(gens, generation{gen, pid})
-		}
+	entries, _ := supervisor.ReadStatusFile(path)
+	gens := make([]generation, len(entries))
+	for i, e := range entries {
+		gens[i] = generation{e.Generation, e.PID}
 	}
 	return gens
 }

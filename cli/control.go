@@ -1,17 +1,16 @@
 package cli
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/service"
+	"github.com/ss-bridge/ss-bridge/supervisor"
 	"golang.org/x/sys/unix"
 )
 
@@ -126,21 +125,12 @@ func restartServer(o *Options) error {
 
 // readGenerations returns the generations of a status file, ascending.
 func readGenerations(path string) ([]int, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open status file: %w", err)
+	entries, err := supervisor.ReadStatusFile(path)
+	gens := make([]int, len(entries))
+	for i, e := range entries {
+		gens[i] = e.Generation
 	}
-	defer f.Close()
-	var gens []int
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		gen, _, ok := strings.Cut(sc.Text(), ":")
-		if n, err := strconv.Atoi(gen); ok && err == nil {
-			gens = append(gens, n)
-		}
-	}
-	sort.Ints(gens)
-	return gens, sc.Err()
+	return gens, err
 }
 
 func describeGenerations(gens []int) string {
