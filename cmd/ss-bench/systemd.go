@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/internal/systemdtest"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 	"github.com/ss-bridge/ss-bridge/internal/text"
 )
 
@@ -259,7 +260,7 @@ func scenarioSystemd(bins []Binary, p Params, res *Results) {
 // runSystemd installs and starts a configuration on a fresh port, loads it
 // in one mode and restarts it cycles times, about a second apart.
 func runSystemd(c *systemdtest.Container, cfg sdConfig, keepAlive bool, cycles int, p Params) (f sdFigures, err error) {
-	ports, err := freePorts(1)
+	ports, err := testkit.FreePorts(1)
 	if err != nil {
 		return f, err
 	}
