@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/internal/proc"
+	"github.com/ss-bridge/ss-bridge/service"
+	"github.com/ss-bridge/ss-bridge/supervisor"
 	"github.com/ss-bridge/ss-bridge/units"
 	"golang.org/x/sys/unix"
 )
@@ -96,10 +98,12 @@ func unitCommand(args []string) int {
 	case o.OutputDir != "" && o.Install:
 		return failed(errors.New("unit: --output-dir and --install exclude each other"))
 	}
-	cfg, _, err := configure(o)
+	c, err := configure(o)
 	if err != nil {
 		return failed(fmt.Errorf("unit: %w", err))
 	}
+	cfg := c.Supervisor
+	cfg.Env = append(os.Environ(), c.Env...)
 	workDir, err := unitPaths(o, cfg)
 	if err != nil {
 		return failed(fmt.Errorf("unit: %w", err))
@@ -381,7 +385,7 @@ func standaloneStatus(o *Options) (report, int) {
 		r.Message = "not running (no pid file)"
 		return r, lsbNotRunning
 	case err != nil && pid == 0:
-		if pid, perr := readPid(o.PidFile); perr == nil {
+		if pid, perr := service.ReadPid(o.PidFile); perr == nil {
 			r.PID = pid
 			r.Message = fmt.Sprintf("not running (stale pid file %s, pid %d)", o.PidFile, pid)
 			return r, lsbDeadPID
@@ -400,19 +404,13 @@ func standaloneStatus(o *Options) (report, int) {
 	return r, lsbRunning
 }
 
+// statusFileGenerations returns the generations a status file lists; none
+// when it cannot be read.
 func statusFileGenerations(path string) []generation {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil
-	}
-	var gens []generation
-	for _, line := range strings.Split(string(b), "\n") {
-		g, p, ok := strings.Cut(line, ":")
-		gen, err1 := strconv.Atoi(g)
-		pid, err2 := strconv.Atoi(p)
-		if ok && err1 == nil && err2 == nil {
-			gens = append(gens, generation{gen, pid})
-		}
+	entries, _ := supervisor.ReadStatusFile(path)
+	gens := make([]generation, len(entries))
+	for i, e := range entries {
+		gens[i] = generation{e.Generation, e.PID}
 	}
 	return gens
 }
@@ -545,14 +543,14 @@ func removeStaleFiles(pid int, pidFile, statusFile string) {
 	}
 	defer f.Close()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(pollEvery) {
-		if held, err := locked(f); err == nil && !held {
+		if held, err := service.Locked(f); err == nil && !held {
 			break
 		}
 		if time.Now().After(deadline) {
 			return
 		}
 	}
-	if p, err := readPid(pidFile); err != nil || p != pid {
+	if p, err := service.ReadPid(pidFile); err != nil || p != pid {
 		return // a new server's
 	}
 	if st, err := os.Lstat(pidFile); err != nil || !sameFile(f, st) {

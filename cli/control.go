@@ -1,16 +1,16 @@
 package cli
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/ss-bridge/ss-bridge/service"
+	"github.com/ss-bridge/ss-bridge/supervisor"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,12 +24,12 @@ func runningServer(pidPath string) (*os.File, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("open pid file: %w", err)
 	}
-	pid, err := readPid(pidPath)
+	pid, err := service.ReadPid(pidPath)
 	if err != nil {
 		f.Close()
 		return nil, 0, err
 	}
-	held, err := locked(f)
+	held, err := service.Locked(f)
 	if err != nil {
 		f.Close()
 		return nil, 0, err
@@ -58,7 +58,7 @@ func stopServer(o *Options, stderr io.Writer) error {
 	}
 	deadline := deadlineAfter(o.Timeout)
 	for {
-		held, err := locked(f)
+		held, err := service.Locked(f)
 		if err != nil {
 			return err
 		}
@@ -112,7 +112,7 @@ func restartServer(o *Options) error {
 		if err == nil && len(gens) == 1 && gens[0] > newest {
 			return nil
 		}
-		if held, _ := locked(f); !held {
+		if held, _ := service.Locked(f); !held {
 			return fmt.Errorf("server (pid %d) exited before the new generation started", pid)
 		}
 		if deadline.passed() {
@@ -125,21 +125,12 @@ func restartServer(o *Options) error {
 
 // readGenerations returns the generations of a status file, ascending.
 func readGenerations(path string) ([]int, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open status file: %w", err)
+	entries, err := supervisor.ReadStatusFile(path)
+	gens := make([]int, len(entries))
+	for i, e := range entries {
+		gens[i] = e.Generation
 	}
-	defer f.Close()
-	var gens []int
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		gen, _, ok := strings.Cut(sc.Text(), ":")
-		if n, err := strconv.Atoi(gen); ok && err == nil {
-			gens = append(gens, n)
-		}
-	}
-	sort.Ints(gens)
-	return gens, sc.Err()
+	return gens, err
 }
 
 func describeGenerations(gens []int) string {

@@ -1,10 +1,12 @@
-// Package cli is the ss-bridge and start_server command line: options, the --restart and --stop controls, and running the server.
+// Package cli is the ss-bridge and start_server command line: it parses the options and commands and dispatches them.
 package cli
 
 import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/ss-bridge/ss-bridge/service"
 )
 
 // StarterVersion is the Server::Starter release ss-bridge is compatible
@@ -18,11 +20,12 @@ func Main(args []string) int {
 	if len(args) > 0 && filepath.Base(args[0]) == "start_server" {
 		prog = "start_server"
 	}
-	if os.Getenv(daemonStageEnv) == "1" {
-		return daemonIntermediate()
+	// The re-executions of ss-bridge by the server itself.
+	if service.InDaemonIntermediate() {
+		return service.DaemonIntermediate()
 	}
-	if os.Getenv(listenFDsShimEnv) == "1" {
-		return listenFDsShim(args)
+	if service.InListenFDsShim() {
+		return service.ListenFDsShim(args)
 	}
 	if prog == "ss-bridge" && len(args) > 1 {
 		if args[1] == "help" {

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"reflect"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -52,16 +54,68 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
-func TestWorkerEnvExportsGivenOptions(t *testing.T) {
+// The options 0.35 exports to the workers are added to our environment,
+// after it, so that they win over what we inherited.
+func TestConfigureExportsGivenOptions(t *testing.T) {
 	t.Setenv("KILL_OLD_DELAY", "9")
-	o, _ := Parse([]string{"--envdir=/e", "--enable-auto-restart", "--auto-restart-interval=7"})
-	env := workerEnv(o)
-	last := map[string]string{}
-	for _, kv := range env {
-		k, v, _ := strings.Cut(kv, "=")
-		last[k] = v
+	o, _ := Parse([]string{"--envdir=/e", "--enable-auto-restart", "--auto-restart-interval=7", "--", "w"})
+	c, err := configure(o)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if last["ENVDIR"] != "/e" || last["ENABLE_AUTO_RESTART"] != "1" || last["AUTO_RESTART_INTERVAL"] != "7" || last["KILL_OLD_DELAY"] != "9" {
-		t.Fatalf("environment %v", last)
+	want := []string{"ENVDIR=/e", "ENABLE_AUTO_RESTART=1", "AUTO_RESTART_INTERVAL=7"}
+	if !slices.Equal(c.Env, want) {
+		t.Fatalf("Env = %q, want %q", c.Env, want)
+	}
+}
+
+// configure carries every server option into the service's configuration.
+func TestConfigureBuildsTheServiceConfig(t *testing.T) {
+	o, err := Parse(strings.Fields("--port=127.0.0.1:0 --path=/tmp/s.sock --path-mode=0600 --backlog=7 " +
+		"--pid-file=/p --status-file=/s --log-file=/l --daemonize --signal-on-hup=15 --signal-on-term=USR1 " +
+		"--ready=notify --interval=2 -- w a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := configure(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Supervisor
+	if len(c.Specs) != 2 || c.Specs[0].Key != "127.0.0.1:0" || c.Specs[1].Key != "/tmp/s.sock" ||
+		c.PathMode != 0o600 || c.Backlog != 7 || c.PidFile != "/p" || c.LogFile != "/l" || !c.Daemonize || c.ListenFDs {
+		t.Errorf("service config %+v", c)
+	}
+	if !slices.Equal(s.Command, []string{"w", "a"}) || s.StatusFile != "/s" || s.Interval != 2*time.Second ||
+		s.SignalOnHUP != syscall.SIGTERM || s.SignalOnHUPName != "15" || s.SignalOnTERM != syscall.SIGUSR1 ||
+		s.SignalOnTERMName != "" || !s.ReadyByNotify || s.ReadyTimeout != time.Minute || s.Env != nil {
+		t.Errorf("supervisor config %+v", s)
+	}
+}
+
+// Bad values fail with the messages the e2e tests match.
+func TestConfigureRejects(t *testing.T) {
+	for args, want := range map[string]string{
+		"--signal-on-hup=NOPE -- w":              "--signal-on-hup: ",
+		"--listen-fds --port=127.0.0.1:0=5 -- w": "--port 127.0.0.1:0=5: --listen-fds passes the sockets on descriptors 3 and up",
+		"--kill-old-delay=1 -- w":                "",
+	} {
+		o, err := Parse(strings.Fields(args))
+		if err != nil {
+			t.Fatalf("Parse(%s): %v", args, err)
+		}
+		_, err = configure(o)
+		if want == "" {
+			if err != nil {
+				t.Errorf("configure(%s): %v", args, err)
+			}
+		} else if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("configure(%s) = %v, want %q...", args, err, want)
+		}
+	}
+	t.Setenv("AUTO_RESTART_INTERVAL", "soon")
+	o, _ := Parse([]string{"--", "w"})
+	if _, err := configure(o); err == nil || !strings.HasPrefix(err.Error(), "AUTO_RESTART_INTERVAL=soon: ") {
+		t.Errorf("an inherited bad AUTO_RESTART_INTERVAL: %v", err)
 	}
 }

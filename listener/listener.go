@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/ss-bridge/ss-bridge/internal/text"
 	"golang.org/x/sys/unix"
 )
 
@@ -235,9 +236,9 @@ func Ready() error {
 	return notify("READY=1")
 }
 
-// Status sends "STATUS=" and text, with its line breaks replaced by spaces, as Ready does.
-func Status(text string) error {
-	return notify("STATUS=" + strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(text))
+// Status sends "STATUS=" and s, with its line breaks and NULs replaced by spaces, as Ready does.
+func Status(s string) error {
+	return notify("STATUS=" + text.OneLine(s))
 }
 
 func notify(msg string) error {

@@ -249,7 +249,3 @@ func (m *Manager) sendmsg(msg []byte, fds []int) error {
 		}
 	}
 }
-
-func oneLine(s string) string {
-	return strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ", "\x00", " ").Replace(s)
-}

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ss-bridge/ss-bridge/internal/text"
 	"golang.org/x/sys/unix"
 )
 
@@ -282,19 +283,19 @@ func sendDontWait(fd int, msg []byte, to *unix.SockaddrUnix) error {
 	}
 }
 
-// statusText is text on one line, cut to MaxStatusLen bytes without
-// splitting a UTF-8 character.
-func statusText(text string) string {
-	text = oneLine(text)
-	if len(text) <= MaxStatusLen {
-		return text
+// statusText is s on one line, cut to MaxStatusLen bytes without splitting
+// a UTF-8 character.
+func statusText(s string) string {
+	s = text.OneLine(s)
+	if len(s) <= MaxStatusLen {
+		return s
 	}
 	const ellipsis = "..."
 	cut := MaxStatusLen - len(ellipsis)
-	for cut > 0 && !utf8.RuneStart(text[cut]) {
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
-	return text[:cut] + ellipsis
+	return s[:cut] + ellipsis
 }
 
 // extendTimeout is the EXTEND_TIMEOUT_USEC= assignment for d from now.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/internal/systemdtest"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 )
 
 // buildDeb runs deb.sh and returns the package's path.
@@ -229,15 +230,7 @@ _ss_bridge; echo "${COMPREPLY[*]}"`)
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+var freePort = testkit.FreePort
 
 // waitGeneration waits until a new connection to addr is answered by the example worker
 // of generation gen.

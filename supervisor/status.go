@@ -1,10 +1,12 @@
 package supervisor
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -45,6 +47,38 @@ func writeStatusFile(path string, genPID map[int]int) error {
 		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
 	}
 	return nil
+}
+
+// A StatusEntry is a line of the status file: a generation and the pid of
+// its worker.
+type StatusEntry struct {
+	Generation int
+	PID        int
+}
+
+// ReadStatusFile returns the entries of the status file at path, in ascending
+// order of generation. Lines that are not GEN:PID are passed over.
+func ReadStatusFile(path string) ([]StatusEntry, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open status file: %w", err)
+	}
+	defer f.Close()
+	var entries []StatusEntry
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		g, p, ok := strings.Cut(sc.Text(), ":")
+		gen, err1 := strconv.Atoi(g)
+		pid, err2 := strconv.Atoi(p)
+		if ok && err1 == nil && err2 == nil {
+			entries = append(entries, StatusEntry{gen, pid})
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read status file %s: %w", path, err)
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Generation < entries[j].Generation })
+	return entries, nil
 }
 
 // CreateStatusTemp creates, with mode 0644, a new temporary file to write the

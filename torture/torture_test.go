@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"io"
 	"net"
 	"net/http"
@@ -25,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ss-bridge/ss-bridge/internal/proc"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,35 +36,14 @@ func TestMain(m *testing.M) { os.Exit(run(m)) }
 func run(m *testing.M) int {
 	// Descriptors inherited from the shell that ran go test must not reach
 	// the bridges, whose descriptor counts are checked.
-	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-		for _, e := range ents {
-			if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-				unix.CloseOnExec(fd)
-			}
-		}
-	}
-	dir, err := os.MkdirTemp("", "ss-bridge-torture-")
+	testkit.CloseOnExecInherited()
+	bins, err := testkit.Build("torture", "..", "")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	bridgeBin = filepath.Join(dir, "ss-bridge")
-	workerBin = filepath.Join(dir, "testworker")
-	var flags []string
-	if os.Getenv("SS_BRIDGE_TEST_RACE") == "1" {
-		flags = append(flags, "-race")
-	}
-	for _, b := range []struct {
-		out, pkg string
-		flags    []string
-	}{{bridgeBin, "../cmd/ss-bridge", flags}, {workerBin, "../internal/testworker", nil}} {
-		args := append(append([]string{"build", "-o", b.out}, b.flags...), b.pkg)
-		if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "go %s: %v\n%s", strings.Join(args, " "), err, out)
-			return 1
-		}
-	}
+	defer os.RemoveAll(bins.Dir)
+	bridgeBin, workerBin = bins.Bridge, bins.Worker
 	return m.Run()
 }
 
@@ -146,16 +126,7 @@ func (b *bridge) exited() bool {
 	}
 }
 
-var reCache sync.Map
-
-func re(pattern string) *regexp.Regexp {
-	if r, ok := reCache.Load(pattern); ok {
-		return r.(*regexp.Regexp)
-	}
-	r := regexp.MustCompile(pattern)
-	reCache.Store(pattern, r)
-	return r
-}
+var re = testkit.Regexp
 
 // matches returns the submatches of every output line matching pattern.
 func (b *bridge) matches(pattern string) [][]string {
@@ -200,36 +171,10 @@ func (b *bridge) workerPID(nth int) int {
 // ---------------------------------------------------------------------------
 // Network and processes
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-var bodyRE = regexp.MustCompile(`^pid=(\d+) gen=(\d+)\n$`)
-
-func getFrom(client *http.Client, url string) (pid, gen int, err error) {
-	resp, err := client.Get(url)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, 0, err
-	}
-	m := bodyRE.FindStringSubmatch(string(body))
-	if resp.StatusCode != 200 || m == nil {
-		return 0, 0, fmt.Errorf("unexpected response %s %q", resp.Status, body)
-	}
-	pid, _ = strconv.Atoi(m[1])
-	gen, _ = strconv.Atoi(m[2])
-	return pid, gen, nil
-}
+var (
+	freePort = testkit.FreePort
+	getFrom  = testkit.Ask
+)
 
 // get does one GET on a new connection to 127.0.0.1:port.
 func get(port int) (pid, gen int, err error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,24 +13,17 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/internal/systemdtest"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 )
 
 const module = "github.com/ss-bridge/ss-bridge"
 
 func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	return strconv.Itoa(testkit.FreePort(t))
 }
 
 // run runs a command in the container and returns its combined output and
@@ -51,71 +43,12 @@ var client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{D
 
 // get returns the generation that answered.
 func get(port string) (int, error) {
-	resp, err := client.Get("http://127.0.0.1:" + port + "/")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	if resp.StatusCode != 200 {
-		return 0, fmt.Errorf("status %d", resp.StatusCode)
-	}
-	m := regexp.MustCompile(`gen=(\d+)`).FindSubmatch(body)
-	if m == nil {
-		return 0, fmt.Errorf("body %q", body)
-	}
-	return strconv.Atoi(string(m[1]))
+	_, gen, err := testkit.Ask(client, "http://127.0.0.1:"+port+"/")
+	return gen, err
 }
 
-// load sends requests from several clients until stopped, counting failures.
-type load struct {
-	ok, failed atomic.Int64
-	stop       chan struct{}
-	wg         sync.WaitGroup
-	mu         sync.Mutex
-	errs       []string
-}
-
-func startLoad(port string, clients int) *load {
-	l := &load{stop: make(chan struct{})}
-	for range clients {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				if _, err := get(port); err != nil {
-					l.failed.Add(1)
-					l.mu.Lock()
-					l.errs = append(l.errs, err.Error())
-					l.mu.Unlock()
-				} else {
-					l.ok.Add(1)
-				}
-			}
-		}()
-	}
-	return l
-}
-
-func (l *load) finish(t *testing.T) {
-	t.Helper()
-	close(l.stop)
-	l.wg.Wait()
-	t.Logf("load: %d requests answered, %d failed", l.ok.Load(), l.failed.Load())
-	if l.failed.Load() > 0 {
-		t.Errorf("%d failed requests under load, e.g. %v", l.failed.Load(), l.errs[:min(3, len(l.errs))])
-	}
-	if l.ok.Load() == 0 {
-		t.Error("no request was answered")
-	}
+func startLoad(port string, clients int) *testkit.Load {
+	return testkit.StartLoad(clients, 0, func(int) (int, error) { return get(port) })
 }
 
 func TestCommandsAgainstSystemd(t *testing.T) {
@@ -182,7 +115,7 @@ func TestCommandsAgainstSystemd(t *testing.T) {
 				t.Fatalf("after reload %d: generation %d, %v", want, gen, err)
 			}
 		}
-		l.finish(t)
+		l.Finish(t, "load")
 	})
 
 	t.Run("status", func(t *testing.T) {

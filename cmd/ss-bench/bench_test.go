@@ -10,12 +10,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 )
 
 var testBridge string
@@ -45,8 +46,8 @@ func testMain(m *testing.M) int {
 	// race detector's default second.
 	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	testBridge = filepath.Join(dir, "ss-bridge")
-	if out, err := exec.Command("go", "build", "-o", testBridge, "../ss-bridge").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build ../ss-bridge: %v\n%s", err, out)
+	if err := testkit.GoBuild("../ss-bridge", testBridge); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -13,6 +12,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
+	"github.com/ss-bridge/ss-bridge/supervisor"
 )
 
 // Binary is a start_server-compatible superdaemon under test.
@@ -60,7 +62,7 @@ func start(b Binary, spec Spec) (*Instance, error) {
 	runMu.Unlock()
 	in := &Instance{bin: b, Status: prefix + ".status", Events: prefix + ".events", logPath: prefix + ".log", done: make(chan struct{})}
 	if len(spec.Ports) == 0 {
-		p, err := freePorts(1)
+		p, err := testkit.FreePorts(1)
 		if err != nil {
 			return nil, err
 		}
@@ -226,8 +228,8 @@ func get(addr string) (gen, pid int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	p, g, ok := parseBody(body)
-	if status != 200 || !ok {
+	p, g, err := testkit.ParseAnswer(body)
+	if status != 200 || err != nil {
 		return 0, 0, fmt.Errorf("bad response %d %q", status, body)
 	}
 	return g, p, nil
@@ -235,22 +237,13 @@ func get(addr string) (gen, pid int, err error) {
 
 // StatusGens reads the status file: generation to pid.
 func (in *Instance) StatusGens() (map[int]int, error) {
-	data, err := os.ReadFile(in.Status)
+	entries, err := supervisor.ReadStatusFile(in.Status)
 	if err != nil {
 		return nil, err
 	}
 	out := map[int]int{}
-	for _, line := range strings.Split(string(data), "\n") {
-		g, p, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		gen, err1 := strconv.Atoi(g)
-		pid, err2 := strconv.Atoi(p)
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("malformed status line %q", line)
-		}
-		out[gen] = pid
+	for _, e := range entries {
+		out[e.Generation] = e.PID
 	}
 	return out, nil
 }
@@ -315,27 +308,4 @@ func eventAt(evs []Event, pid int, name string) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
-}
-
-var errNoPorts = errors.New("could not find free ports")
-
-// freePorts finds n free TCP ports on 127.0.0.1 (bound together, then
-// released, so they are distinct).
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	var out []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errNoPorts, err)
-		}
-		lns = append(lns, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 )
 
 // Kind classifies the outcome of one request.
@@ -192,8 +194,8 @@ func (l *Load) request(c *rawConn) (*rawConn, Sample) {
 		return fail(err)
 	}
 	s.End = l.Since(time.Now())
-	pid, gen, ok := parseBody(body)
-	if status != 200 || !ok {
+	pid, gen, err := testkit.ParseAnswer(body)
+	if status != 200 || err != nil {
 		s.Kind = BadStatus
 		c.Close()
 		return nil, s
@@ -267,14 +269,6 @@ func (c *rawConn) readResponse() (status int, body string, keep bool, err error)
 		return 0, "", false, err
 	}
 	return status, string(b), keep, nil
-}
-
-func parseBody(body string) (pid, gen int, ok bool) {
-	var p, g int
-	if n, err := fmt.Sscanf(body, "pid=%d gen=%d\n", &p, &g); err != nil || n != 2 {
-		return 0, 0, false
-	}
-	return p, g, true
 }
 
 func classify(err error) Kind {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"github.com/ss-bridge/ss-bridge/internal/proc"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 	"os"
 	"strings"
 	"syscall"
@@ -324,7 +325,7 @@ func scenarioRestart(bins []Binary, p Params, res *Results) {
 }
 
 func runRestart(b Binary, keepAlive bool, p Params, res *Results, sc string) error {
-	ports, err := freePorts(1)
+	ports, err := testkit.FreePorts(1)
 	if err != nil {
 		return err
 	}
@@ -511,7 +512,7 @@ func scenarioScale(bins []Binary, p Params, res *Results) {
 }
 
 func runSockets(b Binary, p Params, res *Results, sc string) error {
-	ports, err := freePorts(p.Sockets)
+	ports, err := testkit.FreePorts(p.Sockets)
 	if err != nil {
 		return err
 	}

@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/ss-bridge/ss-bridge/internal/systemdtest"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ss-bridge/ss-bridge/internal/systemdtest"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
+	"github.com/ss-bridge/ss-bridge/internal/text"
 )
 
 // ---------------------------------------------------------------------------
@@ -61,8 +64,10 @@ func copyFile(src, dst string) error {
 	return os.WriteFile(dst, data, 0o755)
 }
 
-func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
+// cell is s fit for a cell of the results table: one line, of at most 200
+// bytes.
+func cell(s string) string {
+	s = strings.TrimSpace(text.OneLine(s))
 	if len(s) > 200 {
 		s = s[:200] + "…"
 	}
@@ -175,7 +180,7 @@ func scenarioSystemd(bins []Binary, p Params, res *Results) {
 	c, err := systemdtest.Start()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ss-bench: systemd: %v\n", err)
-		allNA(oneLine(err.Error()))
+		allNA(cell(err.Error()))
 		return
 	}
 	defer func() {
@@ -191,7 +196,7 @@ func scenarioSystemd(bins []Binary, p Params, res *Results) {
 		err = copyFile(selfPath, filepath.Join(share, "ss-bench"))
 	}
 	if err != nil {
-		allNA(oneLine(err.Error()))
+		allNA(cell(err.Error()))
 		return
 	}
 	if _, err := inContainer(c, time.Minute, nil, guestDir+"/ss-bridge", "--version"); err != nil {
@@ -255,7 +260,7 @@ func scenarioSystemd(bins []Binary, p Params, res *Results) {
 // runSystemd installs and starts a configuration on a fresh port, loads it
 // in one mode and restarts it cycles times, about a second apart.
 func runSystemd(c *systemdtest.Container, cfg sdConfig, keepAlive bool, cycles int, p Params) (f sdFigures, err error) {
-	ports, err := freePorts(1)
+	ports, err := testkit.FreePorts(1)
 	if err != nil {
 		return f, err
 	}

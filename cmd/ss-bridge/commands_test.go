@@ -77,6 +77,8 @@ func TestForcedStopKillsAfterTheTimeout(t *testing.T) {
 	// Without --force, the timeout is an error and nothing is killed.
 	b2 := startBridge(t, cmdArgs([]string{"--interval=0", "--pid-file=" + pidFile}, goWorker("-ignore-term"))...)
 	b2.worker(1, 5*time.Second)
+	// Not before the worker ignores TERM: until then, TERM kills it.
+	b2.waitLine(5*time.Second, `gen 1 serving`, 1)
 	if r := runBridgeCmd(t, 10*time.Second, nil, "stop", "--pid-file="+pidFile, "--timeout=0.5"); r.code != 1 || !strings.Contains(r.stderr, "did not exit within 500ms") {
 		t.Fatalf("exit %d: %q", r.code, r.stderr)
 	}

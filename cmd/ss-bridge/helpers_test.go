@@ -15,14 +15,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +28,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ss-bridge/ss-bridge/internal/proc"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,58 +47,16 @@ func e2eMain(m *testing.M) int {
 	// Descriptors this process inherited without close-on-exec (from the shell that ran
 	// `go test`) would be passed on to every bridge and so to its workers; mark them
 	// close-on-exec so that the descriptor tests see only what the bridge itself passes.
-	e2eCloexecInherited()
+	testkit.CloseOnExecInherited()
 
-	dir, err := os.MkdirTemp("", "ss-bridge-e2e-")
+	bins, err := testkit.Build("e2e", "../..", os.Getenv("SS_BRIDGE_TEST_BIN"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	e2eBinDir = dir
-
-	e2eBridgeBin = os.Getenv("SS_BRIDGE_TEST_BIN")
-	if e2eBridgeBin == "" {
-		e2eBridgeBin = filepath.Join(dir, "ss-bridge")
-		var flags []string
-		if os.Getenv("SS_BRIDGE_TEST_RACE") == "1" {
-			flags = append(flags, "-race")
-		}
-		if err := e2eGoBuild(".", e2eBridgeBin, flags...); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-	}
-	e2eWorkerBin = filepath.Join(dir, "testworker")
-	if err := e2eGoBuild("../../internal/testworker", e2eWorkerBin); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
+	defer os.RemoveAll(bins.Dir)
+	e2eBinDir, e2eBridgeBin, e2eWorkerBin = bins.Dir, bins.Bridge, bins.Worker
 	return m.Run()
-}
-
-func e2eGoBuild(pkg, out string, flags ...string) error {
-	args := append([]string{"build", "-o", out}, flags...)
-	cmd := exec.Command("go", append(args, pkg)...)
-	output, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go build -o %s %s: %v\n%s", out, pkg, err, output)
-	}
-	return nil
-}
-
-func e2eCloexecInherited() {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil || fd <= 2 {
-			continue
-		}
-		syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_SETFD, syscall.FD_CLOEXEC)
-	}
 }
 
 // ---------------------------------------------------------------------------------------
@@ -151,16 +109,7 @@ func (l *logBuf) Lines() []logLine {
 	return out
 }
 
-var reCache sync.Map
-
-func re(pattern string) *regexp.Regexp {
-	if r, ok := reCache.Load(pattern); ok {
-		return r.(*regexp.Regexp)
-	}
-	r := regexp.MustCompile(pattern)
-	reCache.Store(pattern, r)
-	return r
-}
+var re = testkit.Regexp
 
 type match struct {
 	idx  int // line index
@@ -626,15 +575,13 @@ func cmdArgs(opts []string, worker []string) []string {
 // ---------------------------------------------------------------------------------------
 // Network
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+// The helpers shared with the other suites, under this suite's names.
+var (
+	e2eGoBuild = testkit.GoBuild
+	freePort   = testkit.FreePort
+	parseBody  = testkit.ParseAnswer
+	httpBody   = testkit.Body
+)
 
 func freeUDPPort(t testing.TB) int {
 	t.Helper()
@@ -655,48 +602,16 @@ func hasIPv6Loopback() bool {
 	return true
 }
 
-var bodyRE = regexp.MustCompile(`^pid=(\d+) gen=(\d+)\n$`)
-
-func parseBody(body string) (pid, gen int, err error) {
-	m := bodyRE.FindStringSubmatch(body)
-	if m == nil {
-		return 0, 0, fmt.Errorf("unexpected response body %q", body)
-	}
-	pid, _ = strconv.Atoi(m[1])
-	gen, _ = strconv.Atoi(m[2])
-	return pid, gen, nil
-}
-
 func newClient(dial func(ctx context.Context, network, addr string) (net.Conn, error), keepAlive bool, timeout time.Duration) *http.Client {
 	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 64, DialContext: dial}
 	return &http.Client{Transport: tr, Timeout: timeout}
-}
-
-func httpBody(c *http.Client, url string) (string, error) {
-	resp, err := c.Get(url)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != 200 {
-		return string(body), fmt.Errorf("status %s", resp.Status)
-	}
-	return string(body), nil
 }
 
 // getPidGen does one GET http://addr/ on a new connection.
 func getPidGen(addr string) (pid, gen int, err error) {
 	c := newClient(nil, false, 3*time.Second)
 	defer c.CloseIdleConnections()
-	body, err := httpBody(c, "http://"+addr+"/")
-	if err != nil {
-		return 0, 0, err
-	}
-	return parseBody(body)
+	return testkit.Ask(c, "http://"+addr+"/")
 }
 
 func unixDialer(path string) func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -710,11 +625,7 @@ func unixDialer(path string) func(ctx context.Context, network, addr string) (ne
 func getPidGenUnix(path string) (pid, gen int, err error) {
 	c := newClient(unixDialer(path), false, 3*time.Second)
 	defer c.CloseIdleConnections()
-	body, err := httpBody(c, "http://unix/")
-	if err != nil {
-		return 0, 0, err
-	}
-	return parseBody(body)
+	return testkit.Ask(c, "http://unix/")
 }
 
 // waitServing polls addr until a worker of generation gen answers, returning its pid.

@@ -2,17 +2,18 @@ package main
 
 import (
 	"fmt"
-	"github.com/ss-bridge/ss-bridge/internal/proc"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ss-bridge/ss-bridge/internal/proc"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 )
 
 func TestHelpVersion(t *testing.T) {
@@ -78,43 +79,19 @@ func TestPerlWorker(t *testing.T) {
 	b := startBridge(t, cmdArgs([]string{"--interval=0", "--port=" + addr}, []string{"perl", script})...)
 	w1 := waitServing(t, addr, 1, 10*time.Second)
 
-	stop := make(chan struct{})
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	for i := 0; i < 4; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, _, err := getPidGen(addr); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
+	load := testkit.StartLoad(4, 0, func(int) (int, error) {
+		_, gen, err := getPidGen(addr)
+		return gen, err
+	})
 	time.Sleep(200 * time.Millisecond)
 	b.signal(syscall.SIGHUP)
 	b.waitLine(5*time.Second, fmt.Sprintf(`^old worker %d died, status:0$`, w1), 1)
 	w2 := waitServing(t, addr, 2, 5*time.Second)
 	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	wg.Wait()
-	if failed.Load() != 0 {
-		t.Errorf("%d of %d requests failed across the restart (first: %v)", failed.Load(), ok.Load()+failed.Load(), firstErr.Load())
-	}
+	load.Finish(t, "perl worker across the restart")
 	if w2 == w1 {
 		t.Errorf("same worker after HUP")
 	}
-	t.Logf("perl worker: %d requests across the restart", ok.Load())
 }
 
 // Bad input: exit status != 0, exactly one line on stderr, and nothing left behind: no
@@ -253,65 +230,22 @@ func TestRestartUnderLoad(t *testing.T) {
 			b := startBridge(t, cmdArgs([]string{"--interval=0", "--port=" + addr}, goWorker())...)
 			waitServing(t, addr, 1, 5*time.Second)
 
-			stop := make(chan struct{})
-			var ok, failed atomic.Int64
-			var errMu sync.Mutex
-			var errs []string
-			var wg sync.WaitGroup
-			gens := make([]map[int]int, 8)
-			for i := 0; i < 8; i++ {
-				gens[i] = map[int]int{}
-				wg.Add(1)
-				go func(i int) {
-					defer wg.Done()
-					c := newClient(nil, keepAlive, 10*time.Second)
-					defer c.CloseIdleConnections()
-					for {
-						select {
-						case <-stop:
-							return
-						default:
-						}
-						body, err := httpBody(c, "http://"+addr+"/")
-						if err == nil {
-							var gen int
-							_, gen, err = parseBody(body)
-							gens[i][gen]++
-						}
-						if err != nil {
-							failed.Add(1)
-							errMu.Lock()
-							if len(errs) < 10 {
-								errs = append(errs, err.Error())
-							}
-							errMu.Unlock()
-						} else {
-							ok.Add(1)
-						}
-					}
-				}(i)
+			clients := make([]*http.Client, 8)
+			for i := range clients {
+				clients[i] = newClient(nil, keepAlive, 10*time.Second)
+				defer clients[i].CloseIdleConnections()
 			}
+			load := testkit.StartLoad(len(clients), 0, func(i int) (int, error) {
+				_, gen, err := testkit.Ask(clients[i], "http://"+addr+"/")
+				return gen, err
+			})
 			for i := 0; i < 20; i++ {
 				time.Sleep(100 * time.Millisecond)
 				b.signal(syscall.SIGHUP)
 			}
 			waitServing(t, addr, 21, 10*time.Second)
 			time.Sleep(200 * time.Millisecond)
-			close(stop)
-			wg.Wait()
-			seen := map[int]bool{}
-			for _, m := range gens {
-				for g := range m {
-					seen[g] = true
-				}
-			}
-			t.Logf("%s: %d requests succeeded, %d failed, answered by %d generations", name, ok.Load(), failed.Load(), len(seen))
-			if failed.Load() != 0 {
-				t.Errorf("%d of %d requests failed; first errors: %q", failed.Load(), ok.Load()+failed.Load(), errs)
-			}
-			if ok.Load() == 0 {
-				t.Errorf("no request succeeded")
-			}
+			load.Finish(t, name)
 		})
 	}
 }

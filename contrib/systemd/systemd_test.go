@@ -10,7 +10,6 @@ package systemd_test
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,15 +18,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/internal/systemdtest"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 	"github.com/ss-bridge/ss-bridge/notify"
 )
 
@@ -325,15 +323,7 @@ func (r *rig) listeningSocket() string {
 	return inodes[0]
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+var freePort = testkit.FreePort
 
 // ---------------------------------------------------------------------------- HTTP
 
@@ -363,8 +353,6 @@ func get(addr, path string) (string, error) {
 	return string(body), nil
 }
 
-var answerRE = regexp.MustCompile(`^pid=(\d+) gen=(\d+)\n$`)
-
 // ask gets / and returns the answering worker's pid and generation.
 func (r *rig) ask() (pid, gen int) {
 	r.t.Helper()
@@ -378,90 +366,24 @@ func (r *rig) ask() (pid, gen int) {
 
 func parseAnswer(t *testing.T, body string) (pid, gen int) {
 	t.Helper()
-	m := answerRE.FindStringSubmatch(body)
-	if m == nil {
-		t.Fatalf("answer %q is not pid=N gen=N", body)
+	pid, gen, err := testkit.ParseAnswer(body)
+	if err != nil {
+		t.Fatal(err)
 	}
-	pid, _ = strconv.Atoi(m[1])
-	gen, _ = strconv.Atoi(m[2])
 	return pid, gen
 }
 
-// load sends requests from several goroutines, each on a new connection, until finish.
-type load struct {
-	addr string
-	stop chan struct{}
-	wg   sync.WaitGroup
-
-	mu      sync.Mutex
-	ok      int
-	gens    map[int]int
-	refused int
-	failed  int
-	errs    []string // the first few failures
-}
-
-func startLoad(addr string, goroutines int) *load {
-	l := &load{addr: addr, stop: make(chan struct{}), gens: map[int]int{}}
-	for range goroutines {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				body, err := get(addr, "/")
-				var m []string
-				if err == nil {
-					if m = answerRE.FindStringSubmatch(body); m == nil {
-						err = fmt.Errorf("answer %q", body)
-					}
-				}
-				l.mu.Lock()
-				switch {
-				case err == nil:
-					l.ok++
-					g, _ := strconv.Atoi(m[2])
-					l.gens[g]++
-				case errors.Is(err, syscall.ECONNREFUSED):
-					l.refused++
-					l.failed++
-				default:
-					l.failed++
-				}
-				if err != nil && len(l.errs) < 10 {
-					l.errs = append(l.errs, time.Now().Format("15:04:05.000")+" "+err.Error())
-				}
-				l.mu.Unlock()
-				time.Sleep(2 * time.Millisecond)
-			}
-		}()
-	}
-	return l
-}
-
-// finish stops the load and fails the test unless every request was answered.
-func (l *load) finish(t *testing.T, what string) {
-	t.Helper()
-	close(l.stop)
-	l.wg.Wait()
-	gens := make([]int, 0, len(l.gens))
-	for g := range l.gens {
-		gens = append(gens, g)
-	}
-	sort.Ints(gens)
-	t.Logf("%s: %d requests answered, %d failed (%d refused); answered by %d generations (%v)",
-		what, l.ok, l.failed, l.refused, len(gens), gens)
-	if l.ok == 0 {
-		t.Errorf("%s: no request was answered", what)
-	}
-	if l.failed > 0 {
-		t.Errorf("%s: %d requests failed, %d of them refused; first failures:\n%s",
-			what, l.failed, l.refused, strings.Join(l.errs, "\n"))
-	}
+// startLoad sends requests from several goroutines, each on a new connection, until
+// Finish.
+func startLoad(addr string, goroutines int) *testkit.Load {
+	return testkit.StartLoad(goroutines, 2*time.Millisecond, func(int) (int, error) {
+		body, err := get(addr, "/")
+		if err != nil {
+			return 0, err
+		}
+		_, gen, err := testkit.ParseAnswer(body)
+		return gen, err
+	})
 }
 
 // ---------------------------------------------------------------------------- tests
@@ -619,7 +541,7 @@ func TestReloadsUnderLoad(t *testing.T) {
 	for i := range reloads {
 		t0 := time.Now()
 		if _, err := r.c.Systemctl("reload", "app.service"); err != nil {
-			l.finish(t, "reloads")
+			l.Finish(t, "reloads")
 			r.dumpJournal()
 			t.Fatalf("reload %d: %v", i+1, err)
 		}
@@ -644,7 +566,7 @@ func TestReloadsUnderLoad(t *testing.T) {
 	}
 	took := time.Since(start)
 	time.Sleep(200 * time.Millisecond)
-	l.finish(t, fmt.Sprintf("%d reloads", reloads))
+	l.Finish(t, fmt.Sprintf("%d reloads", reloads))
 	t.Logf("%d reloads in %v (%v each on average, slowest %v); %d requests right after a reload were answered by the generation it had just told to go",
 		reloads, took.Round(time.Millisecond), (took / reloads).Round(time.Millisecond), slowest.Round(time.Millisecond), oldFirst)
 
@@ -683,7 +605,7 @@ func TestRestartSocketActivatedUnderLoad(t *testing.T) {
 		t.Logf("systemctl restart took %v; ss-bridge is now %d", time.Since(start).Round(time.Millisecond), mains[len(mains)-1])
 		time.Sleep(300 * time.Millisecond)
 	}
-	l.finish(t, "3 restarts")
+	l.Finish(t, "3 restarts")
 
 	pid, gen := r.ask()
 	if main := r.mainPID("app.service"); main == oldMain || pid == oldWorker || gen != 1 {
@@ -728,7 +650,7 @@ func TestRestartFDStoreUnderLoad(t *testing.T) {
 		t.Logf("systemctl restart took %v; ss-bridge is now %d", time.Since(start).Round(time.Millisecond), r.mainPID(unit))
 		time.Sleep(300 * time.Millisecond)
 	}
-	l.finish(t, "3 restarts of the fd-store unit")
+	l.Finish(t, "3 restarts of the fd-store unit")
 
 	pid, gen := r.ask()
 	if main := r.mainPID(unit); main == oldMain || pid == worker || gen != 1 {
@@ -770,7 +692,7 @@ func TestRestartFDStoreUnderLoad(t *testing.T) {
 	r.systemctl("start", unit)
 	select {
 	case body := <-answer:
-		if !answerRE.MatchString(body) {
+		if _, _, err := testkit.ParseAnswer(body); err != nil {
 			t.Errorf("a request sent while the unit was stopped got %q", body)
 		}
 	case <-time.After(15 * time.Second):

@@ -19,6 +19,7 @@ import (
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
 )
 
 func TestSystemRunning(t *testing.T) {
@@ -88,15 +89,7 @@ func TestHostDir(t *testing.T) {
 	}
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+var freePort = testkit.FreePort
 
 // ask connects to addr and returns the one line it answers.
 func ask(t testing.TB, addr string) string {

@@ -1,4 +1,4 @@
-package cli
+package service
 
 import (
 	"errors"
@@ -31,7 +31,7 @@ const (
 // daemonize starts the daemon and returns once it has written its pid file
 // and its first generation has started (and is in the status file), or has
 // failed to: then the error says why.
-func daemonize(o *Options, socks []activation.Socket, pid *pidFile) error {
+func daemonize(logFile string, socks []activation.Socket, pid *pidFile) error {
 	null, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("daemonize: open %s: %w", os.DevNull, err)
@@ -81,7 +81,7 @@ func daemonize(o *Options, socks []activation.Socket, pid *pidFile) error {
 	case ws.Exited() && ws.ExitStatus() != 0:
 		return fmt.Errorf("daemonize: the intermediate process exited with status %d", ws.ExitStatus())
 	default:
-		return fmt.Errorf("the daemon exited before it started; see %s", o.LogFile)
+		return fmt.Errorf("the daemon exited before it started; see %s", logFile)
 	}
 }
 
@@ -106,9 +106,15 @@ func readFull(fd int, buf []byte) (int, error) {
 	return total, nil
 }
 
-// daemonIntermediate is the session leader between the foreground process and
-// the daemon: it starts the daemon with the descriptors it was given and exits.
-func daemonIntermediate() int {
+// InDaemonIntermediate reports whether this process is the intermediate
+// stage of --daemonize, which DaemonIntermediate must run in place of
+// anything else.
+func InDaemonIntermediate() bool { return os.Getenv(daemonStageEnv) == "1" }
+
+// DaemonIntermediate is the session leader between the foreground process and
+// the daemon: it starts the daemon with the descriptors it was given and
+// returns the exit status.
+func DaemonIntermediate() int {
 	n, err := strconv.Atoi(os.Getenv(daemonFDsEnv))
 	if err != nil || n < daemonFirstSockFD {
 		fmt.Fprintf(os.Stderr, "ss-bridge: bad %s\n", daemonFDsEnv)

@@ -1,4 +1,4 @@
-package cli
+package service
 
 import (
 	"fmt"
@@ -208,9 +208,14 @@ func listenFDsCommand(cfg *supervisor.Config, socks []activation.Socket) error {
 	return nil
 }
 
-// listenFDsShim runs in the worker's process: it sets LISTEN_PID to this
-// pid, which the worker keeps across exec, and executes the worker.
-func listenFDsShim(args []string) int {
+// InListenFDsShim reports whether this process is the --listen-fds shim,
+// which ListenFDsShim must run in place of anything else.
+func InListenFDsShim() bool { return os.Getenv(listenFDsShimEnv) == "1" }
+
+// ListenFDsShim runs in the worker's process: it sets LISTEN_PID to this pid,
+// which the worker keeps across exec, and executes the worker, args[1:]. It
+// returns only on failure, with the exit status.
+func ListenFDsShim(args []string) int {
 	os.Unsetenv(listenFDsShimEnv)
 	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	if len(args) < 2 {

@@ -1,4 +1,4 @@
-package cli
+package service
 
 import (
 	"os"
@@ -62,5 +62,40 @@ func TestPidFileReplacedAfterTheLockIsNotOurs(t *testing.T) {
 	p.release()
 	if data, err := os.ReadFile(path); err != nil || string(data) != "other\n" {
 		t.Errorf("another's pid file after release: %q, %v", data, err)
+	}
+}
+
+// What the control commands read of a running server's pid file: our pid,
+// and a lock held until release, which removes the file first.
+func TestPidFileLockIsWhatControlCommandsSee(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pid")
+	p, err := lockPidFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.write(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if pid, err := ReadPid(path); err != nil || pid != os.Getpid() {
+		t.Errorf("ReadPid = %d, %v; want %d", pid, err, os.Getpid())
+	}
+	if held, err := Locked(f); err != nil || !held {
+		t.Errorf("Locked while the server runs = %v, %v", held, err)
+	}
+	p.release()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("pid file after release: %v", err)
+	}
+	if held, err := Locked(f); err != nil || held {
+		t.Errorf("Locked after release = %v, %v", held, err)
+	}
+	os.WriteFile(path, []byte("x\n"), 0o644)
+	if _, err := ReadPid(path); err == nil || err.Error() != "pid file "+path+" holds no pid" {
+		t.Errorf("ReadPid of garbage: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package cli
+package service
 
 import (
 	"errors"
@@ -43,7 +43,7 @@ func lockPidFile(path string) (*pidFile, error) {
 		if err := unix.Flock(int(p.f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			p.f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
-				pid, _ := readPid(path)
+				pid, _ := ReadPid(path)
 				return nil, fmt.Errorf("another server is running with pid file %s (pid %d)", path, pid)
 			}
 			return nil, fmt.Errorf("lock pid file %s: %w", path, err)
@@ -133,8 +133,8 @@ func (p *pidFile) abandon() {
 	p.f.Close()
 }
 
-// readPid reads the pid in a pid file.
-func readPid(path string) (int, error) {
+// ReadPid reads the pid in the pid file at path.
+func ReadPid(path string) (int, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, fmt.Errorf("read pid file: %w", err)
@@ -147,8 +147,9 @@ func readPid(path string) (int, error) {
 	return pid, nil
 }
 
-// locked reports whether some process holds the lock of the file open as f.
-func locked(f *os.File) (bool, error) {
+// Locked reports whether some process holds the lock of the pid file open
+// as f: whether the server that wrote it is still running.
+func Locked(f *os.File) (bool, error) {
 	err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
 	if err == nil {
 		unix.Flock(int(f.Fd()), unix.LOCK_UN)
