@@ -328,6 +328,10 @@ func reloadCommand(args []string) int {
 	if err != nil {
 		return failed(err)
 	}
+	if serving.PID == 0 { // a pool: its generation has many
+		fmt.Printf("%s reloaded: generation %d serving\n", unit, serving.Generation)
+		return 0
+	}
 	fmt.Printf("%s reloaded: generation %d (pid %d) serving\n", unit, serving.Generation, serving.PID)
 	return 0
 }
