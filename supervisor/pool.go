@@ -337,6 +337,9 @@ func (s *Supervisor) promote(slots []int) {
 		}
 		return
 	}
+	if len(slots) > 1 {
+		s.logf("killing old workers") // as 0.35 says after its line above
+	}
 	s.signalAll(retired, s.cfg.SignalOnHUP)
 }
 

@@ -286,3 +286,73 @@ func TestPoolTTINAndTTOU(t *testing.T) {
 		t.Errorf("%d workers after scaling down to 1", n)
 	}
 }
+
+// lastStatusBefore returns the last STATUS= datagram before the nth READY=1
+// (from 1), and whether there are n.
+func lastStatusBefore(msgs []string, nth int) (string, bool) {
+	status := ""
+	for _, m := range msgs {
+		if m == "READY=1" {
+			if nth--; nth == 0 {
+				return status, true
+			}
+		}
+		if s, ok := strings.CutPrefix(m, "STATUS="); ok {
+			status = s
+		}
+	}
+	return "", false
+}
+
+// Under systemd a pool says READY=1 once every slot serves, ends a reload
+// with READY=1 once the roll is complete, and a stopped roll with
+// "reload failed" and READY=1.
+func TestPoolNotifiesSystemd(t *testing.T) {
+	t.Parallel()
+	sd := listenNotify(t)
+	dir := t.TempDir()
+	envdir := filepath.Join(dir, "env")
+	if err := os.Mkdir(envdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	worker := []string{"sh", "-c", `[ "$BUILD" = bad ] && exit 3; exec "$0" -ready -start-delay=$((SERVER_STARTER_WORKER_SLOT * 200))ms`, e2eWorkerBin}
+	b := startBridgeWith(t, bridgeConfig{env: []string{"NOTIFY_SOCKET=" + sd.path}},
+		cmdArgs([]string{"--port=" + addr, "--workers=3", "--rolling", "--ready=notify", "--envdir=" + envdir}, worker)...)
+	waitReady := func(nth int) string {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for time.Now().Before(deadline) {
+			if s, ok := lastStatusBefore(sd.received(), nth); ok {
+				return s
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("no READY=1 number %d; received %q", nth, sd.received())
+		return ""
+	}
+	if s := waitReady(1); s != "generation 1: 3/3 serving" {
+		t.Errorf("status at READY=1: %q, want every slot serving", s)
+	}
+	b.signal(syscall.SIGHUP)
+	if s := waitReady(2); !strings.HasPrefix(s, "generation 2: 3/3 serving") {
+		t.Errorf("status at the reload's READY=1: %q, want every slot of generation 2 serving", s)
+	}
+	if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte("bad\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.signal(syscall.SIGHUP)
+	s := waitReady(3)
+	if !strings.HasPrefix(s, "reload failed: new worker ") || !strings.Contains(s, "generation 2: 3/3 serving") {
+		t.Errorf("status at the failed reload's READY=1: %q", s)
+	}
+	reloading := 0
+	for _, m := range sd.received() {
+		if strings.HasPrefix(m, "RELOADING=1\n") || m == "RELOADING=1" { // with MONOTONIC_USEC=
+			reloading++
+		}
+	}
+	if reloading != 2 {
+		t.Errorf("%d RELOADING=1, want 2", reloading)
+	}
+}
