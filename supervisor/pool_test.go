@@ -3,6 +3,7 @@ package supervisor
 import (
 	"github.com/ss-bridge/ss-bridge/notify"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -270,4 +271,35 @@ func shortDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// An exec in the middle of a rolling restart carries the roll on: the
+// resumed supervisor replaces the remaining slots, one at a time, and
+// reaps a worker that exited during the exec.
+func TestPoolResumeMidRollCarriesOn(t *testing.T) {
+	cfg := Config{Workers: 3, Rolling: true, Interval: 200 * time.Millisecond, Heartbeat: 10 * time.Millisecond}
+	h := start(t, cfg)
+	h.waitEvent(Started, 1)
+	h.signal(syscall.SIGHUP)
+	h.waitFor("slot 0 replaced", func() bool { return len(h.os.signalled(syscall.SIGTERM)) == 1 })
+	h.waitFor("slot 1's replacement", func() bool { return h.spawnCount() == 5 })
+	st := h.exec()
+	if st.Version != 2 || st.Pool == nil || st.Pool.RollGen != 2 || len(st.Pool.Slots) != 3 {
+		t.Fatalf("snapshot mid-roll: %+v", st)
+	}
+	h.os.exitUnnoticed(101, 0) // the old worker of slot 0, draining
+	h2 := h.resume(Config{Workers: 3, Rolling: true, Interval: 200 * time.Millisecond, Heartbeat: 10 * time.Millisecond}, st)
+	h2.waitLog("old worker 101 died, status:0")
+	h2.waitEvent(Reloaded, 2)
+	if n := h.spawnCount(); n != 6 {
+		t.Fatalf("%d workers started, want 3 and 3 replacements:\n%s", n, h.log)
+	}
+	for i, r := range h.os.spawned()[3:] {
+		if slot, gen := slotGen(t, r); slot != strconv.Itoa(i) || gen != "2" {
+			t.Errorf("replacement %d: slot %s generation %s", i, slot, gen)
+		}
+	}
+	if got := h2.s.poolSummary(); !strings.HasPrefix(got, "generation 2: 3/3 serving") {
+		t.Errorf("summary %q", got)
+	}
 }
