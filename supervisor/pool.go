@@ -139,7 +139,7 @@ func (s *Supervisor) spawnSlot(i, gen int) error {
 			return err
 		}
 		s.logf("%v", err)
-		s.slotFailed(i, s.now(), err, 0, 0)
+		s.slotFailed(i, s.now(), err, gen, 0)
 		return nil
 	}
 	w.slot = i
@@ -196,6 +196,9 @@ func (s *Supervisor) advance() {
 				replacing++
 			}
 		}
+	}
+	if p.rollGen == 0 {
+		return // a start just failed and stopped the roll
 	}
 	for _, sl := range p.slots {
 		if sl.cur == nil || sl.cur.gen < p.rollGen || sl.next != nil {

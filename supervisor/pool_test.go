@@ -303,3 +303,27 @@ func TestPoolResumeMidRollCarriesOn(t *testing.T) {
 		t.Errorf("summary %q", got)
 	}
 }
+
+// A command that is gone at the restart stops the roll like a worker that
+// fails to start, and the roll does not count as done.
+func TestPoolMissingCommandStopsTheRoll(t *testing.T) {
+	h := start(t, Config{Workers: 2, Rolling: true, Interval: 50 * time.Millisecond})
+	h.waitEvent(Started, 1)
+	h.os.mu.Lock()
+	h.os.spawnErr = syscall.ENOENT
+	h.os.mu.Unlock()
+	h.signal(syscall.SIGHUP)
+	h.waitEvent(StartFailed, 2)
+	h.waitLog("failed to exec /bin/sh: no such file or directory")
+	h.waitLog("restart stopped: 0 of 2 workers run generation 2, the others keep theirs")
+	time.Sleep(200 * time.Millisecond)
+	if n := h.count(Started); n != 1 {
+		t.Fatalf("%d Started events, want only the first generation's:\n%s", n, h.log)
+	}
+	if n := h.count(Reloaded); n != 0 {
+		t.Fatalf("a stopped roll was reported done:\n%s", h.log)
+	}
+	if got := h.s.poolSummary(); got != "generation 1: 2/2 serving" {
+		t.Errorf("summary %q", got)
+	}
+}

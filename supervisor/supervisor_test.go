@@ -26,6 +26,8 @@ type fakeOS struct {
 	alive   map[int]bool
 	// dieOnStart, when set, makes every spawned worker exit at once.
 	dieOnStart bool
+	// spawnErr, when set, is every spawn's failure to execute.
+	spawnErr error
 	// The channels of Run's Signals, buffered as NotifySignals buffers
 	// them; a signal for a full one is dropped, as os/signal drops it.
 	stop, reload, child, scale chan os.Signal
@@ -61,6 +63,9 @@ func (f *fakeOS) sys() sys {
 		spawn: func(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
+			if f.spawnErr != nil {
+				return 0, f.spawnErr
+			}
 			f.nextPID++
 			pid := f.nextPID
 			f.spawns = append(f.spawns, spawnRecord{pid, time.Now(), attr.Env})
