@@ -222,9 +222,10 @@ func (s *Supervisor) rollDone() {
 	s.afterRoll()
 }
 
-// afterRoll starts the roll that a HUP asked for during the last one.
+// afterRoll starts the roll that a HUP asked for during the last one, once
+// that one has completed or stopped.
 func (s *Supervisor) afterRoll() {
-	if s.hupPending && !s.stopping {
+	if s.hupPending && !s.stopping && s.pool.rollGen == 0 {
 		s.hupPending = false
 		s.logf("received HUP, spawning a new worker")
 		s.roll()
@@ -413,6 +414,13 @@ func (s *Supervisor) slotFailed(i int, startedAt time.Time, err error, gen, pid 
 		s.stopRoll()
 	} else {
 		s.slotBackoff(i, startedAt)
+		if p.rollGen != 0 && s.everReady {
+			// The refill of an empty slot failed while a reload's roll
+			// goes on: that reload has not failed (StartFailed would tell
+			// systemd so), and the slot is retried.
+			s.observe(Event{Kind: Exited, Generation: gen, PID: pid})
+			return
+		}
 	}
 	s.observe(Event{Kind: StartFailed, Generation: gen, PID: pid, Err: err})
 	s.afterRoll()

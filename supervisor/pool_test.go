@@ -327,3 +327,35 @@ func TestPoolMissingCommandStopsTheRoll(t *testing.T) {
 		t.Errorf("summary %q", got)
 	}
 }
+
+// A HUP during a roll waits for it, even when a slot's refill fails
+// meanwhile: one more roll follows the one under way, not one inside it.
+func TestPoolHUPDuringRollWaitsForIt(t *testing.T) {
+	h := start(t, Config{Workers: 2, Rolling: true, Interval: 150 * time.Millisecond})
+	h.waitEvent(Started, 1)
+	h.signal(syscall.SIGHUP)
+	h.waitLog("starting new worker 103 (generation 2, slot 0)")
+	h.signal(syscall.SIGHUP)
+	h.os.exit(102, 9) // slot 1's worker dies at once: its refill is a failed start
+	h.waitLog("worker 102 died unexpectedly with status:9, restarting")
+	h.waitLog("starting new worker 104 (generation 2, slot 1)")
+	h.os.exit(104, 1<<8) // and its refill fails to start
+	h.waitLog("new worker 104 seems to have failed to start, exit status:256")
+	h.waitEvent(Reloaded, 2)
+	if n := h.count(StartFailed); n != 0 {
+		t.Errorf("a refill's failure during a roll reported as StartFailed, which ends a reload as failed")
+	}
+	// Old workers drain at once.
+	h.waitFor("generation 3's roll", func() bool {
+		for _, pid := range h.os.signalled(syscall.SIGTERM) {
+			h.os.exit(pid, 0)
+		}
+		_, ok := h.event(Reloaded, 3)
+		return ok
+	})
+	for _, r := range h.os.spawned() {
+		if _, gen := slotGen(t, r); gen == "3" && r.at.Before(h.waitEvent(Reloaded, 2)) {
+			t.Fatalf("generation 3 started before generation 2's roll was done:\n%s", h.log)
+		}
+	}
+}
