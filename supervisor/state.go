@@ -81,8 +81,9 @@ import (
 // Every time ("_ns") is absolute CLOCK_MONOTONIC in nanoseconds, 0 for none:
 // that clock runs on across an execve, whereas Go's monotonic readings are
 // relative to the start of the image and a remaining duration would stretch
-// by the time the exec takes. testdata/state-v1.json is a version 1 state
-// that every later reader must still resume from.
+// by the time the exec takes. testdata/state-v1.json is a version 1 state,
+// and testdata/state-v2.json a pool's, that every later reader must still
+// resume from.
 type State struct {
 	Version     int           `json:"version"`
 	MonoNS      int64         `json:"mono_ns"`
