@@ -269,6 +269,15 @@ func serverArgs(o *Options) []string {
 	if o.ListenFDs {
 		args = append(args, "--listen-fds")
 	}
+	if o.Workers != 0 {
+		add("workers", strconv.Itoa(o.Workers))
+	}
+	if o.Rolling {
+		args = append(args, "--rolling")
+	}
+	if o.MaxSurge != 0 {
+		add("max-surge", strconv.Itoa(o.MaxSurge))
+	}
 	// Map order is random: sort the options after the sockets so that the
 	// same options always give the same unit.
 	first := len(o.Ports) + len(o.Paths)
@@ -318,6 +327,10 @@ func reloadCommand(args []string) int {
 	}
 	if err != nil {
 		return failed(err)
+	}
+	if serving.PID == 0 { // a pool: its generation has many
+		fmt.Printf("%s reloaded: generation %d serving\n", unit, serving.Generation)
+		return 0
 	}
 	fmt.Printf("%s reloaded: generation %d (pid %d) serving\n", unit, serving.Generation, serving.PID)
 	return 0

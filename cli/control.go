@@ -123,12 +123,15 @@ func restartServer(o *Options) error {
 	}
 }
 
-// readGenerations returns the generations of a status file, ascending.
+// readGenerations returns the generations of a status file, ascending, each
+// once: a pool (--workers) lists a line per worker.
 func readGenerations(path string) ([]int, error) {
 	entries, err := supervisor.ReadStatusFile(path)
-	gens := make([]int, len(entries))
-	for i, e := range entries {
-		gens[i] = e.Generation
+	var gens []int
+	for _, e := range entries {
+		if len(gens) == 0 || gens[len(gens)-1] != e.Generation {
+			gens = append(gens, e.Generation)
+		}
 	}
 	return gens, err
 }

@@ -100,6 +100,13 @@ Options beyond 0.35:
                             then (default 0: never)
   --max-backoff=seconds     cap of the delay between failed starts (default 60)
   --timeout=seconds         give up --restart or --stop after this long (exit 1)
+  --workers=N               run N workers per generation (a pool), each told
+                            its slot in SERVER_STARTER_WORKER_SLOT; TTIN adds
+                            one, TTOU removes one
+  --rolling                 restart a pool a few workers at a time, stopping
+                            at the first that fails to start
+  --max-surge=K             with --rolling: new workers started at a time
+                            (default 1)
 
 Options for systemd's protocols:
   --ready=interval|notify   a new worker counts as started after --interval

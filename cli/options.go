@@ -44,6 +44,11 @@ type Options struct {
 	WorkerWatchdog time.Duration
 	// ListenFDs passes the sockets as systemd does (LISTEN_FDS from fd 3).
 	ListenFDs bool
+	// Workers is --workers (0: not given, 0.35's single worker); Rolling
+	// and MaxSurge (0: not given) choose how a pool restarts.
+	Workers  int
+	Rolling  bool
+	MaxSurge int
 
 	Restart, Stop, Help, Version bool
 
@@ -107,6 +112,20 @@ func watchdogValue(v string) (time.Duration, error) {
 		return 0, errors.New("below 1 microsecond, the unit of WATCHDOG_USEC")
 	}
 	return d, err
+}
+
+// maxWorkers bounds --workers and --max-surge: far more processes than one
+// machine's sockets are worth sharing, and a typo's extra zeros are an error
+// rather than a fork bomb.
+const maxWorkers = 1024
+
+// countValue reads --workers or --max-surge.
+func countValue(v string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < 1 || n > maxWorkers {
+		return 0, fmt.Errorf("a whole number from 1 to %d expected", maxWorkers)
+	}
+	return n, nil
 }
 
 // checkDurationVars fails when the KILL_OLD_DELAY or AUTO_RESTART_INTERVAL
@@ -178,6 +197,9 @@ var options = []option{
 	{"ready-timeout", seconds, func(o *Options, v string) (err error) { o.ReadyTimeout, err = secondsValue(v); return }},
 	{"worker-watchdog", seconds, func(o *Options, v string) (err error) { o.WorkerWatchdog, err = watchdogValue(v); return }},
 	{"listen-fds", flag, func(o *Options, _ string) error { o.ListenFDs = true; return nil }},
+	{"workers", integer, func(o *Options, v string) (err error) { o.Workers, err = countValue(v); return }},
+	{"rolling", flag, func(o *Options, _ string) error { o.Rolling = true; return nil }},
+	{"max-surge", integer, func(o *Options, v string) (err error) { o.MaxSurge, err = countValue(v); return }},
 	{"restart", flag, func(o *Options, _ string) error { o.Restart = true; return nil }},
 	{"stop", flag, func(o *Options, _ string) error { o.Stop = true; return nil }},
 	{"help", flag, func(o *Options, _ string) error { o.Help = true; return nil }},

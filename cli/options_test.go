@@ -119,3 +119,38 @@ func TestConfigureRejects(t *testing.T) {
 		t.Errorf("an inherited bad AUTO_RESTART_INTERVAL: %v", err)
 	}
 }
+
+// --workers, --rolling and --max-surge reach the supervisor and a unit's
+// command line; the pool options without --workers, and counts out of
+// range, are errors.
+func TestPoolOptions(t *testing.T) {
+	o, err := Parse(strings.Fields("--workers=4 --rolling --max-surge=2 -- w"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := configure(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Supervisor; s.Workers != 4 || !s.Rolling || s.MaxSurge != 2 {
+		t.Errorf("supervisor config %+v", s)
+	}
+	if got := strings.Join(serverArgs(o), " "); !strings.Contains(got, "--max-surge=2") || !strings.Contains(got, "--rolling") ||
+		!strings.Contains(got, "--workers=4") {
+		t.Errorf("unit arguments %q", got)
+	}
+	for _, args := range []string{"--rolling -- w", "--max-surge=2 -- w"} {
+		o, err := Parse(strings.Fields(args))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := configure(o); err == nil || !strings.Contains(err.Error(), "give --workers too") {
+			t.Errorf("configure(%s): %v", args, err)
+		}
+	}
+	for _, args := range []string{"--workers=0", "--workers=1025", "--workers=x", "--max-surge=0"} {
+		if _, err := Parse([]string{args, "--", "w"}); err == nil || !strings.Contains(err.Error(), "a whole number from 1 to 1024 expected") {
+			t.Errorf("Parse(%s): %v", args, err)
+		}
+	}
+}

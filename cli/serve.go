@@ -33,6 +33,9 @@ func serve(o *Options) error {
 	if err != nil {
 		return err
 	}
+	if o.Workers > 0 {
+		defer supervisor.NotifyScale(&signals)()
+	}
 	return service.Run(c, signals)
 }
 
@@ -50,6 +53,9 @@ func configure(o *Options) (service.Config, error) {
 			ReadyByNotify:  o.ReadyNotify,
 			ReadyTimeout:   o.ReadyTimeout,
 			WorkerWatchdog: o.WorkerWatchdog,
+			Workers:        o.Workers,
+			Rolling:        o.Rolling,
+			MaxSurge:       o.MaxSurge,
 		},
 		Env:       optionEnv(o),
 		Backlog:   o.Backlog,
@@ -60,6 +66,9 @@ func configure(o *Options) (service.Config, error) {
 		ListenFDs: o.ListenFDs,
 	}
 	cfg := &c.Supervisor
+	if o.Workers == 0 && (o.Rolling || o.MaxSurge != 0) {
+		return c, errors.New("--rolling and --max-surge replace the workers of a pool: give --workers too")
+	}
 	if cfg.ReadyByNotify && cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = time.Minute
 	}

@@ -60,6 +60,9 @@ type Signals struct {
 	// Child carries SIGCHLD. Each one makes Run reap every exited child, so
 	// a buffer of one loses nothing either.
 	Child <-chan os.Signal
+	// Scale carries SIGTTIN (one worker more) and SIGTTOU (one fewer) for a
+	// pool (Config.Workers); nil, as NotifySignals leaves it, for none.
+	Scale <-chan os.Signal
 }
 
 // NotifySignals routes the process's TERM, INT, QUIT, HUP and CHLD to new
@@ -77,4 +80,16 @@ func NotifySignals() (sigs Signals, stop func()) {
 		signal.Stop(reload)
 		signal.Stop(child)
 	}
+}
+
+// NotifyScale routes the process's TTIN and TTOU to sigs.Scale, for a pool
+// (Config.Workers); stop undoes it. Only a pool catches them: a caught
+// signal reaches the workers with its default action after their exec,
+// whereas the single worker of 0.35 inherits an ignored TTIN or TTOU as
+// ignored. Each signal counts, so the buffer holds a burst of them.
+func NotifyScale(sigs *Signals) (stop func()) {
+	scale := make(chan os.Signal, 64)
+	signal.Notify(scale, syscall.SIGTTIN, syscall.SIGTTOU)
+	sigs.Scale = scale
+	return func() { signal.Stop(scale) }
 }

@@ -34,7 +34,7 @@ import (
 //	   {"pid":2002, "gen":7, "role":"starting", "started_ns":812300000000, ...}]}
 //
 // Fields:
-//   - version: the format's major version, StateVersion when written. It is
+//   - version: the format's major version: 1, or 2 for a pool. It is
 //     raised only for a change an older reader would misread; a reader refuses
 //     a version outside [MinStateVersion, StateVersion]. Additions that an
 //     older reader may ignore keep the version: a reader ignores fields it
@@ -55,20 +55,35 @@ import (
 //     (retry), the old generations are signalled after KILL_OLD_DELAY
 //     (kill_old), the next auto-restart check (auto), the next heartbeat
 //     (beat).
+//   - pool (version 2, only with Config.Workers): the pool's slots, in slot
+//     order, each with when it is next tried after failed starts (retry_ns)
+//     and how many failed in a row (failures); the generation its empty
+//     slots are refilled with (gen), and the generation being rolled out
+//     (roll_gen, 0 for none).
 //   - workers: every live worker: its pid, generation, role ("current": it
 //     serves; "starting": not yet counted as started, at most one of each;
-//     "old": an older generation), when it was started, the signal it was
+//     "old": an older generation; in a pool "slot": it serves in slot
+//     "slot", and "slot-starting": it starts there, at most one of each
+//     per slot), when it was started, the signal it was
 //     told to go with (a number, 0 for none), when it gets SIGKILL (kill_at),
 //     when its watchdog expires (watchdog_at), its last STATUS=, whether it is
 //     a start given up on (failed_start), and its notify socket, if it has
 //     one: the descriptor, open in the new image without close-on-exec, and
-//     the socket's path.
+//     the socket's path. In a pool also: when a starting worker counts as
+//     started or has failed (ready_at_ns), and when an old worker gets
+//     --signal-on-hup after KILL_OLD_DELAY (signal_at_ns); these three
+//     are left out when zero.
+//
+// Version 2 adds the pool: a version 1 reader would have taken a pool's
+// workers for one generation each. A supervisor without a pool writes
+// version 1, which every reader since reads.
 //
 // Every time ("_ns") is absolute CLOCK_MONOTONIC in nanoseconds, 0 for none:
 // that clock runs on across an execve, whereas Go's monotonic readings are
 // relative to the start of the image and a remaining duration would stretch
-// by the time the exec takes. testdata/state-v1.json is a version 1 state
-// that every later reader must still resume from.
+// by the time the exec takes. testdata/state-v1.json is a version 1 state,
+// and testdata/state-v2.json a pool's, that every later reader must still
+// resume from.
 type State struct {
 	Version     int           `json:"version"`
 	MonoNS      int64         `json:"mono_ns"`
@@ -82,6 +97,20 @@ type State struct {
 	LastStartNS int64         `json:"last_start_ns"`
 	Deadlines   Deadlines     `json:"deadlines_ns"`
 	Workers     []WorkerState `json:"workers"`
+	Pool        *PoolState    `json:"pool,omitempty"`
+}
+
+// PoolState is a pool's slots (see State).
+type PoolState struct {
+	Gen     int         `json:"gen"`
+	RollGen int         `json:"roll_gen"`
+	Slots   []SlotState `json:"slots"`
+}
+
+// SlotState is one slot of a PoolState; its workers are in State.Workers.
+type SlotState struct {
+	RetryNS  int64 `json:"retry_ns"`
+	Failures int   `json:"failures"`
 }
 
 // Deadlines are the supervisor's timers, in CLOCK_MONOTONIC nanoseconds (0:
@@ -101,6 +130,9 @@ const (
 	Current  Role = "current"
 	Starting Role = "starting"
 	Old      Role = "old"
+	// A pool's workers (version 2).
+	SlotServing  Role = "slot"
+	SlotStarting Role = "slot-starting"
 )
 
 // WorkerState is one live worker in a State.
@@ -115,6 +147,9 @@ type WorkerState struct {
 	Status       string       `json:"status"`
 	FailedStart  bool         `json:"failed_start"`
 	Notify       *NotifyState `json:"notify,omitempty"`
+	Slot         int          `json:"slot,omitempty"`
+	ReadyAtNS    int64        `json:"ready_at_ns,omitempty"`
+	SignalAtNS   int64        `json:"signal_at_ns,omitempty"`
 }
 
 // NotifyState is a worker's NOTIFY_SOCKET: its descriptor and path.
@@ -126,7 +161,9 @@ type NotifyState struct {
 // The versions of State this supervisor reads; it writes StateVersion.
 const (
 	MinStateVersion = 1
-	StateVersion    = 1
+	StateVersion    = 2
+	// poolStateVersion is the first version with a pool.
+	poolStateVersion = 2
 )
 
 // UnmarshalJSON decodes a State and refuses a version this supervisor cannot
@@ -203,7 +240,7 @@ func (c monoClock) fromMono(ns int64) time.Time {
 func (s *Supervisor) Snapshot() State {
 	c := s.monoClock()
 	st := State{
-		Version:     StateVersion,
+		Version:     1,
 		MonoNS:      c.mono,
 		Generation:  s.generation,
 		Failures:    s.failures,
@@ -232,6 +269,9 @@ func (s *Supervisor) Snapshot() State {
 			WatchdogAtNS: c.toMono(w.watchdogAt),
 			Status:       w.status,
 			FailedStart:  w.failedStart,
+			Slot:         w.slot,
+			ReadyAtNS:    c.toMono(w.readyAt),
+			SignalAtNS:   c.toMono(w.signalAt),
 		}
 		if w.notify != nil {
 			// FD fails only for a closed socket, which a live worker's is not.
@@ -249,6 +289,19 @@ func (s *Supervisor) Snapshot() State {
 	}
 	for _, pid := range sortedPIDs(s.old) {
 		add(s.old[pid], Old)
+	}
+	if p := s.pool; p != nil {
+		st.Version = poolStateVersion
+		st.Pool = &PoolState{Gen: p.gen, RollGen: p.rollGen}
+		for _, sl := range p.slots {
+			st.Pool.Slots = append(st.Pool.Slots, SlotState{RetryNS: c.toMono(sl.retryAt), Failures: sl.failures})
+			if sl.cur != nil {
+				add(sl.cur, SlotServing)
+			}
+			if sl.next != nil {
+				add(sl.next, SlotStarting)
+			}
+		}
 	}
 	return st
 }
@@ -300,6 +353,16 @@ func Restore(cfg Config, st State) (*Supervisor, error) {
 		everReady:  st.EverReady,
 		beatAt:     c.fromMono(st.Deadlines.Beat),
 	}
+	// The pool is the state's, whatever cfg.Workers says: the workers the
+	// state names run, and the command line's count applies from the next
+	// scaling on.
+	s.pool = nil
+	if st.Pool != nil {
+		s.pool = &pool{gen: st.Pool.Gen, rollGen: st.Pool.RollGen}
+		for _, ss := range st.Pool.Slots {
+			s.pool.slots = append(s.pool.slots, &slot{retryAt: c.fromMono(ss.RetryNS), failures: ss.Failures})
+		}
+	}
 	var adopted []*notify.WorkerSocket
 	for _, ws := range st.Workers {
 		w := &worker{
@@ -311,6 +374,9 @@ func Restore(cfg Config, st State) (*Supervisor, error) {
 			status:      ws.Status,
 			watchdogAt:  c.fromMono(ws.WatchdogAtNS),
 			failedStart: ws.FailedStart,
+			slot:        ws.Slot,
+			readyAt:     c.fromMono(ws.ReadyAtNS),
+			signalAt:    c.fromMono(ws.SignalAtNS),
 		}
 		if ws.Notify != nil {
 			if w.notify, err = notify.AdoptWorkerSocket(ws.Notify.FD, ws.Notify.Path); err != nil {
@@ -328,6 +394,10 @@ func Restore(cfg Config, st State) (*Supervisor, error) {
 			s.starting = w
 		case Old:
 			s.old[w.pid] = w
+		case SlotServing:
+			s.pool.slots[w.slot].cur = w
+		case SlotStarting:
+			s.pool.slots[w.slot].next = w
 		}
 	}
 	s.restored = true
@@ -342,17 +412,37 @@ func (st State) check() error {
 	if st.Generation < 1 {
 		return errors.New("supervisor state: no generation was started")
 	}
+	if st.Pool != nil && st.Version < poolStateVersion {
+		return fmt.Errorf("supervisor state: a pool in a version %d state", st.Version)
+	}
+	if st.Pool != nil && len(st.Pool.Slots) == 0 {
+		return errors.New("supervisor state: a pool without slots")
+	}
 	pids := map[int]bool{}
 	roles := map[Role]int{}
+	inSlot := map[[2]any]bool{}
 	for _, w := range st.Workers {
+		if w.Role == SlotServing || w.Role == SlotStarting {
+			switch {
+			case st.Pool == nil:
+				return fmt.Errorf("supervisor state: worker %d is in a slot without a pool", w.PID)
+			case w.Slot < 0 || w.Slot >= len(st.Pool.Slots):
+				return fmt.Errorf("supervisor state: worker %d is in slot %d of %d", w.PID, w.Slot, len(st.Pool.Slots))
+			case inSlot[[2]any{w.Role, w.Slot}]:
+				return fmt.Errorf("supervisor state: two workers are %s in slot %d", w.Role, w.Slot)
+			case w.Role == SlotStarting && w.ReadyAtNS == 0:
+				return fmt.Errorf("supervisor state: worker %d is starting without a deadline", w.PID)
+			}
+			inSlot[[2]any{w.Role, w.Slot}] = true
+		}
 		switch {
 		case w.PID <= 0:
 			return fmt.Errorf("supervisor state: worker pid %d", w.PID)
 		case pids[w.PID]:
 			return fmt.Errorf("supervisor state: worker %d is listed twice", w.PID)
-		case w.Role != Current && w.Role != Starting && w.Role != Old:
+		case w.Role != Current && w.Role != Starting && w.Role != Old && w.Role != SlotServing && w.Role != SlotStarting:
 			return fmt.Errorf("supervisor state: worker %d has an unknown role %q", w.PID, w.Role)
-		case w.Role != Old && roles[w.Role] > 0:
+		case (w.Role == Current || w.Role == Starting) && roles[w.Role] > 0:
 			return fmt.Errorf("supervisor state: two workers are %s", w.Role)
 		case w.Role == Starting && st.Deadlines.Ready == 0:
 			return fmt.Errorf("supervisor state: worker %d is starting without a deadline", w.PID)

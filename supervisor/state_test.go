@@ -44,7 +44,7 @@ func (h *harness) resume(cfg Config, st State) *harness {
 	}
 	f := h.os
 	f.mu.Lock()
-	f.stop, f.reload, f.child = make(chan os.Signal, 2), make(chan os.Signal, 1), make(chan os.Signal, 1)
+	f.stop, f.reload, f.child, f.scale = make(chan os.Signal, 2), make(chan os.Signal, 1), make(chan os.Signal, 1), make(chan os.Signal, 64)
 	f.mu.Unlock()
 	n := newHarness(h.t, f, h.log)
 	s, err := Restore(n.configure(cfg), decoded)
@@ -217,6 +217,43 @@ func TestStateV1GoldenFileDecodes(t *testing.T) {
 	}
 }
 
+// A pool's state, as version 2 wrote it, still decodes to what it meant.
+func TestStateV2GoldenFileDecodes(t *testing.T) {
+	data, err := os.ReadFile("testdata/state-v2.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st State
+	if err := json.Unmarshal(data, &st); err != nil {
+		t.Fatal(err)
+	}
+	want := State{
+		Version: 2, MonoNS: 812345678901, Generation: 7, EverReady: true, StatusMade: true, LastStartNS: 812000000000,
+		Pool: &PoolState{Gen: 6, RollGen: 7, Slots: []SlotState{{}, {RetryNS: 812400000000, Failures: 1}, {}}},
+		Workers: []WorkerState{
+			{PID: 1990, Gen: 6, Role: Old, StartedNS: 800000000000, Sent: 15, SignalAtNS: 0},
+			{PID: 2001, Gen: 7, Role: SlotServing, StartedNS: 812300000000},
+			{PID: 2002, Gen: 6, Role: SlotServing, StartedNS: 811000000000, Slot: 2},
+			{PID: 2003, Gen: 7, Role: SlotStarting, StartedNS: 812340000000, Slot: 2, ReadyAtNS: 812350000000},
+		},
+	}
+	if !reflect.DeepEqual(st, want) {
+		t.Fatalf("decoded\n%+v\nwant\n%+v", st, want)
+	}
+	s, err := Restore(Config{Command: []string{"/bin/sh"}, Workers: 1}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := s.pool
+	if len(p.slots) != 3 || p.gen != 6 || p.rollGen != 7 || p.slots[0].cur.pid != 2001 || p.slots[1].cur != nil ||
+		p.slots[1].failures != 1 || p.slots[2].cur.pid != 2002 || p.slots[2].next.pid != 2003 || s.old[1990] == nil {
+		t.Fatalf("restored %+v", p)
+	}
+	if d := p.slots[2].next.readyAt.Sub(p.slots[2].next.started); d != 10*time.Millisecond {
+		t.Fatalf("ready deadline %v after the start, want 10ms", d)
+	}
+}
+
 func TestStateVersions(t *testing.T) {
 	for _, v := range []int{0, StateVersion + 1} {
 		var st State
@@ -244,8 +281,17 @@ func TestRestoreRefusesInconsistentStates(t *testing.T) {
 	ok := State{Version: 1, Generation: 2, Deadlines: Deadlines{Ready: 1}}
 	w := func(pid int, role Role) WorkerState { return WorkerState{PID: pid, Gen: 1, Role: role} }
 	for name, st := range map[string]State{
-		"no generation":          {Version: 1},
-		"version 2":              {Version: 2, Generation: 1},
+		"no generation":         {Version: 1},
+		"version 3":             {Version: 3, Generation: 1},
+		"a pool in version 1":   {Version: 1, Generation: 1, Pool: &PoolState{Slots: []SlotState{{}}}},
+		"a pool without slots":  {Version: 2, Generation: 1, Pool: &PoolState{}},
+		"a slot without a pool": with(ok, WorkerState{PID: 5, Gen: 1, Role: SlotServing}),
+		"a slot out of range": with(State{Version: 2, Generation: 1, Pool: &PoolState{Slots: []SlotState{{}}}},
+			WorkerState{PID: 5, Gen: 1, Role: SlotServing, Slot: 1}),
+		"two serving in a slot": with(State{Version: 2, Generation: 1, Pool: &PoolState{Slots: []SlotState{{}}}},
+			WorkerState{PID: 5, Gen: 1, Role: SlotServing}, WorkerState{PID: 6, Gen: 1, Role: SlotServing}),
+		"slot starting without timer": with(State{Version: 2, Generation: 1, Pool: &PoolState{Slots: []SlotState{{}}}},
+			WorkerState{PID: 5, Gen: 1, Role: SlotStarting}),
 		"a pid twice":            with(ok, w(5, Old), w(5, Current)),
 		"two serving":            with(ok, w(5, Current), w(6, Current)),
 		"two starting":           with(ok, w(5, Starting), w(6, Starting)),
@@ -259,6 +305,12 @@ func TestRestoreRefusesInconsistentStates(t *testing.T) {
 	}
 	if _, err := Restore(Config{Command: []string{"/bin/sh"}}, with(ok, w(5, Starting), w(6, Current), w(7, Old), w(8, Old))); err != nil {
 		t.Errorf("a consistent state: %v", err)
+	}
+	pool := State{Version: 2, Generation: 3, Pool: &PoolState{Gen: 2, RollGen: 3, Slots: []SlotState{{}, {}}}}
+	if _, err := Restore(Config{Command: []string{"/bin/sh"}}, with(pool,
+		WorkerState{PID: 5, Gen: 2, Role: SlotServing}, WorkerState{PID: 6, Gen: 3, Role: SlotStarting, ReadyAtNS: 1},
+		WorkerState{PID: 7, Gen: 3, Role: SlotServing, Slot: 1}, w(8, Old))); err != nil {
+		t.Errorf("a consistent pool: %v", err)
 	}
 }
 
@@ -281,7 +333,7 @@ func TestStateRoundTripCarriesEveryField(t *testing.T) {
 	sample := loopState{
 		generation: 9,
 		current: &worker{pid: 11, gen: 8, started: at(-5000), sent: syscall.SIGUSR1, killAt: at(100), notify: ns,
-			status: "fine", watchdogAt: at(200), failedStart: true},
+			status: "fine", watchdogAt: at(200), failedStart: true, slot: 1, readyAt: at(203), signalAt: at(204)},
 		starting: &worker{pid: 12, gen: 9, started: at(-10), sent: syscall.SIGTERM, killAt: at(101), status: "warming",
 			watchdogAt: at(201), failedStart: true},
 		old: map[int]*worker{10: {pid: 10, gen: 7, started: at(-9000), sent: syscall.SIGQUIT, killAt: at(102),
@@ -298,8 +350,15 @@ func TestStateRoundTripCarriesEveryField(t *testing.T) {
 		statusMade: true,
 		everReady:  true,
 		beatAt:     at(304),
+		pool: &pool{gen: 8, rollGen: 9, slots: []*slot{
+			{cur: &worker{pid: 13, gen: 8, started: at(-3000), status: "slot 0"},
+				next:    &worker{pid: 14, gen: 9, started: at(-5), readyAt: at(305)},
+				retryAt: at(306), failures: 1},
+			{cur: &worker{pid: 15, gen: 9, started: at(-2000), slot: 1}, failures: 2},
+		}},
 	}
-	for _, v := range []reflect.Value{reflect.ValueOf(sample), reflect.ValueOf(*sample.current)} {
+	for _, v := range []reflect.Value{reflect.ValueOf(sample), reflect.ValueOf(*sample.current),
+		reflect.ValueOf(*sample.pool), reflect.ValueOf(*sample.pool.slots[0])} {
 		for i := range v.NumField() {
 			if v.Field(i).IsZero() {
 				t.Errorf("the sample leaves %s.%s zero: set it, and carry it in State", v.Type().Name(), v.Type().Field(i).Name)
@@ -380,6 +439,16 @@ func compare(a, b reflect.Value, path string) string {
 			av2.Set(a.MapIndex(k))
 			bv2.Set(bv)
 			if d := compare(av2, bv2, fmt.Sprintf("%s[%v]", path, k)); d != "" {
+				return d
+			}
+		}
+		return ""
+	case reflect.Slice:
+		if a.Len() != b.Len() {
+			return fmt.Sprintf("%s: %d elements, restored %d", path, a.Len(), b.Len())
+		}
+		for i := range a.Len() {
+			if d := compare(a.Index(i), b.Index(i), fmt.Sprintf("%s[%d]", path, i)); d != "" {
 				return d
 			}
 		}

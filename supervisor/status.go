@@ -20,14 +20,23 @@ import (
 // as a symlink to any file, which a root server would then overwrite. The
 // rename replaces whatever is at path, a symlink too, without following it.
 func writeStatusFile(path string, genPID map[int]int) error {
-	gens := make([]int, 0, len(genPID))
-	for g := range genPID {
-		gens = append(gens, g)
+	entries := make([]StatusEntry, 0, len(genPID))
+	for g, pid := range genPID {
+		entries = append(entries, StatusEntry{g, pid})
 	}
-	sort.Ints(gens)
+	return writeStatusEntries(path, entries)
+}
+
+// writeStatusEntries is writeStatusFile for a pool, where a generation has
+// several workers: one "GEN:PID" line per worker, in ascending order of
+// generation and then pid. Readers of 0.35's file, which take the
+// generations from the lines, see each generation as often as it has
+// workers, which none of them minds (see README).
+func writeStatusEntries(path string, entries []StatusEntry) error {
+	sortEntries(entries)
 	var b strings.Builder
-	for _, g := range gens {
-		fmt.Fprintf(&b, "%d:%d\n", g, genPID[g])
+	for _, e := range entries {
+		fmt.Fprintf(&b, "%d:%d\n", e.Generation, e.PID)
 	}
 	f, err := CreateStatusTemp(path)
 	if err != nil {
@@ -57,7 +66,7 @@ type StatusEntry struct {
 }
 
 // ReadStatusFile returns the entries of the status file at path, in ascending
-// order of generation. Lines that are not GEN:PID are passed over.
+// order of generation and pid (a pool's generation has one line per worker). Lines that are not GEN:PID are passed over.
 func ReadStatusFile(path string) ([]StatusEntry, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -77,8 +86,17 @@ func ReadStatusFile(path string) ([]StatusEntry, error) {
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read status file %s: %w", path, err)
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].Generation < entries[j].Generation })
+	sortEntries(entries)
 	return entries, nil
+}
+
+func sortEntries(entries []StatusEntry) {
+	sort.Slice(entries, func(i, j int) bool {
+		if entries[i].Generation != entries[j].Generation {
+			return entries[i].Generation < entries[j].Generation
+		}
+		return entries[i].PID < entries[j].PID
+	})
 }
 
 // CreateStatusTemp creates, with mode 0644, a new temporary file to write the

@@ -79,6 +79,15 @@ type Config struct {
 	// Heartbeat, when positive, is how often the Observer gets a Heartbeat
 	// event while the loop runs: proof of a live loop, for a watchdog.
 	Heartbeat time.Duration
+
+	// Workers, when positive, runs a pool (see pool.go): that many workers
+	// per generation, each in a slot of its own. 0 is 0.35's single worker,
+	// with nothing of the pool in its environment, status file or log.
+	Workers int
+	// Rolling makes a pool's restart replace its workers MaxSurge at a time
+	// (0 means 1) rather than the whole generation at once.
+	Rolling  bool
+	MaxSurge int
 }
 
 // EventKind names a change in the supervisor's generations.
@@ -104,6 +113,11 @@ const (
 	WorkerStatus
 	// Heartbeat: the loop is alive (see Config.Heartbeat).
 	Heartbeat
+	// WorkerStarted: a pool's worker counted as started in its slot
+	// (Generation, PID); Started follows once every slot runs Generation.
+	WorkerStarted
+	// Scaled: a pool's number of workers was changed (SIGTTIN, SIGTTOU).
+	Scaled
 )
 
 // Event is a change in the supervisor's generations.
@@ -143,6 +157,12 @@ type worker struct {
 	// failedStart: the worker never counted as started (no READY=1 in
 	// time) and was told to go; its exit ends a failed start.
 	failedStart bool
+	// In a pool: the worker's slot, when it counts as started (zero once it
+	// has, or for a worker not starting), and when it is to get
+	// SignalOnHUP (KILL_OLD_DELAY after its replacement started).
+	slot     int
+	readyAt  time.Time
+	signalAt time.Time
 }
 
 // workerMessage is a notification from a worker, for the loop.
@@ -197,6 +217,7 @@ type loopState struct {
 	statusMade bool            // we created the status file
 	everReady  bool            // a generation has counted as started
 	beatAt     time.Time       // next Heartbeat
+	pool       *pool           // with Config.Workers: the slots; current and starting are nil
 }
 
 // New returns a supervisor for cfg; it starts nothing until Run. Call
@@ -235,6 +256,9 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	if s.log == nil {
 		s.log = os.Stderr
+	}
+	if cfg.Workers > 0 {
+		s.pool = newPool(cfg.Workers)
 	}
 	s.ignoredNotify = s.limiter("notify messages ignored")
 	s.orphanExits = s.limiter("processes that were not workers exited")
@@ -313,7 +337,7 @@ func (s *Supervisor) Run(signals Signals) error {
 		if s.cfg.Heartbeat > 0 {
 			s.beatAt = s.now()
 		}
-		if err := s.spawn(); err != nil {
+		if err := s.firstSpawn(); err != nil {
 			return err
 		}
 	}
@@ -332,6 +356,8 @@ func (s *Supervisor) Run(signals Signals) error {
 		case sig := <-signals.Reload:
 			s.handleSignal(sig)
 		case sig := <-signals.Child:
+			s.handleSignal(sig)
+		case sig := <-signals.Scale:
 			s.handleSignal(sig)
 		case m := <-s.messages:
 			s.handleMessage(m)
@@ -354,6 +380,8 @@ func (s *Supervisor) Run(signals Signals) error {
 				s.handleSignal(sig)
 			case sig := <-signals.Child:
 				s.handleSignal(sig)
+			case sig := <-signals.Scale:
+				s.handleSignal(sig)
 			case m := <-s.messages:
 				s.handleMessage(m)
 			default:
@@ -372,7 +400,13 @@ func (s *Supervisor) Run(signals Signals) error {
 func (s *Supervisor) resume() {
 	// The settings of the envdir as it is now, as at any start attempt.
 	s.readEnv()
-	for _, w := range []*worker{s.current, s.starting} {
+	live := []*worker{s.current, s.starting}
+	if s.pool != nil {
+		for _, sl := range s.pool.slots {
+			live = append(live, sl.cur, sl.next)
+		}
+	}
+	for _, w := range live {
 		if w != nil && w.notify != nil {
 			s.listen(w.pid, w.notify)
 		}
@@ -395,6 +429,9 @@ func (s *Supervisor) resume() {
 }
 
 func (s *Supervisor) done() bool {
+	if s.pool != nil && s.pool.workers() > 0 {
+		return false
+	}
 	return s.stopping && s.current == nil && s.starting == nil && len(s.old) == 0
 }
 
@@ -409,7 +446,15 @@ func (s *Supervisor) handleSignal(sig os.Signal) {
 			s.exited(pid, status)
 		}
 	case syscall.SIGHUP:
+		if s.pool != nil {
+			s.poolHUP()
+			return
+		}
 		s.hup()
+	case syscall.SIGTTIN, syscall.SIGTTOU:
+		if s.pool != nil {
+			s.poolScale(sig.(syscall.Signal))
+		}
 	case syscall.SIGTERM:
 		s.stop("TERM", s.cfg.SignalOnTERM)
 	case syscall.SIGINT:
@@ -481,6 +526,30 @@ func (s *Supervisor) spawnWith(env environment) error {
 	s.generation++
 	env["SERVER_STARTER_PORT"] = s.cfg.PortEnv
 	env["SERVER_STARTER_GENERATION"] = strconv.Itoa(s.generation)
+	w, err := s.startWorker(env, s.generation)
+	if err != nil {
+		if s.generation == 1 {
+			return err
+		}
+		s.logf("%v", err)
+		s.failed(s.now())
+		s.observe(Event{Kind: StartFailed, Generation: s.generation, Err: err})
+		return nil
+	}
+	s.logf("starting new worker %d", w.pid)
+	s.starting = w
+	if s.cfg.ReadyByNotify {
+		s.readyAt = w.started.Add(s.cfg.ReadyTimeout)
+	} else {
+		s.readyAt = w.started.Add(s.cfg.Interval)
+	}
+	s.observe(Event{Kind: Spawned, Generation: s.generation, PID: w.pid})
+	return nil
+}
+
+// startWorker forks and executes a worker of generation gen with env, and
+// listens on its notify socket, if it has one.
+func (s *Supervisor) startWorker(env environment, gen int) (*worker, error) {
 	if s.cfg.WorkerWatchdog > 0 {
 		env["WATCHDOG_USEC"] = strconv.FormatInt(s.cfg.WorkerWatchdog.Microseconds(), 10)
 	}
@@ -527,27 +596,13 @@ func (s *Supervisor) spawnWith(env environment) error {
 		ns.Close()
 	}
 	if err != nil {
-		err = fmt.Errorf("failed to exec %s: %w", s.cfg.Command[0], unwrapPathError(err))
-		if s.generation == 1 {
-			return err
-		}
-		s.logf("%v", err)
-		s.failed(started)
-		s.observe(Event{Kind: StartFailed, Generation: s.generation, Err: err})
-		return nil
+		return nil, fmt.Errorf("failed to exec %s: %w", s.cfg.Command[0], unwrapPathError(err))
 	}
-	s.logf("starting new worker %d", pid)
-	s.starting = &worker{pid: pid, gen: s.generation, started: started, notify: ns}
+	w := &worker{pid: pid, gen: gen, started: started, notify: ns}
 	if ns != nil {
 		s.listen(pid, ns)
 	}
-	if s.cfg.ReadyByNotify {
-		s.readyAt = started.Add(s.cfg.ReadyTimeout)
-	} else {
-		s.readyAt = started.Add(s.cfg.Interval)
-	}
-	s.observe(Event{Kind: Spawned, Generation: s.generation, PID: pid})
-	return nil
+	return w, nil
 }
 
 // listen forwards the worker's notifications to the loop until its socket
@@ -650,10 +705,18 @@ func (s *Supervisor) handleMessage(m workerMessage) {
 	if m.msg.Ready && w == s.starting && s.cfg.ReadyByNotify && !s.stopping {
 		s.started()
 	}
+	if m.msg.Ready && s.pool != nil && s.cfg.ReadyByNotify && !s.stopping {
+		s.poolReady(w)
+	}
 }
 
 // worker finds a live worker by pid.
 func (s *Supervisor) worker(pid int) *worker {
+	if s.pool != nil {
+		if w := s.pool.worker(pid); w != nil {
+			return w
+		}
+	}
 	for _, w := range []*worker{s.starting, s.current, s.old[pid]} {
 		if w != nil && w.pid == pid {
 			return w
@@ -740,6 +803,10 @@ func (s *Supervisor) exited(pid int, status syscall.WaitStatus) {
 	if w := s.worker(pid); w != nil {
 		w.gone()
 	}
+	if s.pool != nil && s.pool.worker(pid) != nil {
+		s.poolExited(pid, status)
+		return
+	}
 	switch {
 	case s.starting != nil && pid == s.starting.pid:
 		w := s.starting
@@ -793,6 +860,9 @@ func (s *Supervisor) stop(name string, sig syscall.Signal) {
 	}
 	s.stopping = true
 	s.observe(Event{Kind: Stopping})
+	if s.pool != nil {
+		s.pool.release(s.old)
+	}
 	for _, w := range []*worker{s.current, s.starting} {
 		if w != nil {
 			s.old[w.pid] = w
@@ -827,7 +897,10 @@ func (s *Supervisor) signalAll(workers map[int]*worker, sig syscall.Signal) {
 // due.
 func (s *Supervisor) scheduleAutoRestart() {
 	s.autoAt = time.Time{}
-	if s.stopping || s.current == nil || s.starting != nil || !s.retryAt.IsZero() || !s.killOldAt.IsZero() {
+	if s.pool != nil && !s.poolSettled() {
+		return
+	}
+	if s.stopping || (s.pool == nil && (s.current == nil || s.starting != nil)) || !s.retryAt.IsZero() || !s.killOldAt.IsZero() {
 		return
 	}
 	if !s.settings.autoRestart {
@@ -858,6 +931,10 @@ func (s *Supervisor) nextDeadline() (time.Time, bool) {
 	}
 	for _, w := range s.old {
 		consider(w.killAt)
+		consider(w.signalAt)
+	}
+	if s.pool != nil {
+		s.pool.deadlines(consider)
 	}
 	return next, !next.IsZero()
 }
@@ -894,6 +971,9 @@ func (s *Supervisor) runDeadlines() {
 		s.beatAt = now.Add(s.cfg.Heartbeat)
 		s.observe(Event{Kind: Heartbeat})
 	}
+	if s.pool != nil {
+		s.poolDeadlines(now)
+	}
 	if due(s.retryAt) && !s.stopping {
 		s.spawn()
 	}
@@ -914,12 +994,20 @@ func (s *Supervisor) runDeadlines() {
 		} else {
 			s.logf("autorestart triggered (forced, interval=%s)", formatSeconds(interval))
 		}
+		if s.pool != nil {
+			s.roll()
+			return
+		}
 		s.restartWith(env)
 	}
 }
 
 func (s *Supervisor) updateStatus() {
 	if s.cfg.StatusFile == "" {
+		return
+	}
+	if s.pool != nil {
+		s.poolUpdateStatus()
 		return
 	}
 	genPID := map[int]int{}
@@ -967,6 +1055,9 @@ func (s *Supervisor) observe(e Event) {
 
 // summary is a one-line account of the generations, for STATUS=.
 func (s *Supervisor) summary() string {
+	if s.pool != nil {
+		return s.poolSummary()
+	}
 	var parts []string
 	if s.stopping {
 		parts = append(parts, "stopping")

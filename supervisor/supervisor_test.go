@@ -26,9 +26,11 @@ type fakeOS struct {
 	alive   map[int]bool
 	// dieOnStart, when set, makes every spawned worker exit at once.
 	dieOnStart bool
+	// spawnErr, when set, is every spawn's failure to execute.
+	spawnErr error
 	// The channels of Run's Signals, buffered as NotifySignals buffers
 	// them; a signal for a full one is dropped, as os/signal drops it.
-	stop, reload, child chan os.Signal
+	stop, reload, child, scale chan os.Signal
 	// dirReads counts the envdir's listings.
 	dirReads int
 }
@@ -52,7 +54,8 @@ type exitRecord struct {
 
 func newFakeOS() *fakeOS {
 	return &fakeOS{nextPID: 100, alive: map[int]bool{},
-		stop: make(chan os.Signal, 2), reload: make(chan os.Signal, 1), child: make(chan os.Signal, 1)}
+		stop: make(chan os.Signal, 2), reload: make(chan os.Signal, 1), child: make(chan os.Signal, 1),
+		scale: make(chan os.Signal, 64)}
 }
 
 func (f *fakeOS) sys() sys {
@@ -60,6 +63,9 @@ func (f *fakeOS) sys() sys {
 		spawn: func(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
+			if f.spawnErr != nil {
+				return 0, f.spawnErr
+			}
 			f.nextPID++
 			pid := f.nextPID
 			f.spawns = append(f.spawns, spawnRecord{pid, time.Now(), attr.Env})
@@ -217,7 +223,7 @@ func (h *harness) configure(cfg Config) Config {
 func (h *harness) run(s *Supervisor) {
 	h.s = s
 	s.sys = h.os.sys()
-	sigs := Signals{Stop: h.os.stop, Reload: h.os.reload, Child: h.os.child}
+	sigs := Signals{Stop: h.os.stop, Reload: h.os.reload, Child: h.os.child, Scale: h.os.scale}
 	go func() {
 		h.done <- s.Run(sigs)
 	}()
@@ -259,6 +265,8 @@ func (f *fakeOS) deliver(sig os.Signal) {
 		ch = f.stop
 	case syscall.SIGCHLD:
 		ch = f.child
+	case syscall.SIGTTIN, syscall.SIGTTOU:
+		ch = f.scale
 	}
 	select {
 	case ch <- sig:

@@ -17,7 +17,9 @@ import (
 // the serving generation is the first "generation N (pid P) serving" (maybe
 // followed by ": " and the worker's own status) or, while a restart is under
 // way or after it failed, "generation N (pid P) still serving". A failed
-// reload is "reload failed: REASON; " before the summary.
+// reload is "reload failed: REASON; " before the summary. A pool's
+// (--workers) parts are "generation N: S/T serving" and, for older
+// generations, "generation N: S/T still serving"; its Serving has no PID.
 type Serving struct {
 	Generation int
 	PID        int
@@ -29,6 +31,12 @@ func ParseServing(status string) (Serving, bool) {
 		var s Serving
 		rest, ok := strings.CutPrefix(part, "generation ")
 		if !ok {
+			continue
+		}
+		if num, counts, ok := strings.Cut(rest, ": "); ok && !strings.Contains(num, " ") {
+			if s, ok := poolServing(num, counts); ok {
+				return s, true
+			}
 			continue
 		}
 		num, rest, ok := strings.Cut(rest, " (pid ")
@@ -47,6 +55,23 @@ func ParseServing(status string) (Serving, bool) {
 		}
 	}
 	return Serving{}, false
+}
+
+// poolServing reads a pool's part "N: S/T serving" (or "still serving"),
+// given as num and counts.
+func poolServing(num, counts string) (Serving, bool) {
+	frac, state, ok := strings.Cut(counts, " ")
+	if !ok || (state != "serving" && state != "still serving") {
+		return Serving{}, false
+	}
+	s, t, ok := strings.Cut(frac, "/")
+	gen, err1 := strconv.Atoi(num)
+	serving, err2 := strconv.Atoi(s)
+	total, err3 := strconv.Atoi(t)
+	if !ok || err1 != nil || err2 != nil || err3 != nil || gen < 1 || serving < 1 || total < serving {
+		return Serving{}, false
+	}
+	return Serving{Generation: gen}, true
 }
 
 // unitState is what reload needs to know of a unit.

@@ -78,6 +78,14 @@ func TestWorkerSignalDispositionsMatchPerl(t *testing.T) {
 	if oursShim != ours {
 		t.Errorf("worker's SigIgn under ss-bridge --listen-fds %s, without %s", describeMask(oursShim), describeMask(ours))
 	}
+	// A pool handles TTIN and TTOU, so they reach its workers as default,
+	// as every signal the bridge handles does.
+	if ours&sigBit(syscall.SIGTTOU) == 0 {
+		t.Errorf("the worker lost the inherited SIG_IGN of TTOU: %s", describeMask(ours))
+	}
+	if pooled := run(e2eBridgeBin, "--workers=1"); pooled != ours&^sigBit(syscall.SIGTTOU) {
+		t.Errorf("worker's SigIgn under ss-bridge --workers=1 %s, want %s", describeMask(pooled), describeMask(ours&^sigBit(syscall.SIGTTOU)))
+	}
 }
 
 // SIGQUIT stops the server as TERM does, and leaves no pid, status or socket file.
