@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ss-bridge/ss-bridge/internal/proc"
 )
 
 // A --log-file command that never reads (hung, or stopped) lets the workers fill the log
@@ -40,4 +43,35 @@ func TestTermWithALogCommandThatNeverReads(t *testing.T) {
 	b.signal(syscall.SIGTERM)
 	// Generous: the bridge may wait a few seconds for the log command at exit.
 	b.wait(15 * time.Second)
+}
+
+// --daemonize waits in the foreground until the first worker has lived --interval (or sent
+// READY=1), which can be long (--interval=60, a slow worker under --ready=notify). Its TERM
+// and INT are caught for the server it is about to become and read by nobody meanwhile,
+// so Ctrl-C does nothing until the wait ends. Reproduce: ss-bridge --daemonize
+// --interval=60 --log-file=L --pid-file=P -- worker, then SIGINT the command: it returns
+// only 60 s later, with 0. An interrupted command must return promptly.
+func TestDaemonizeForegroundInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	logFile, pidFile := filepath.Join(dir, "log"), filepath.Join(dir, "pid")
+	t.Cleanup(func() {
+		data, _ := os.ReadFile(pidFile)
+		if daemon, _ := strconv.Atoi(strings.TrimSpace(string(data))); daemon > 0 && proc.Alive(daemon) {
+			workers := descendants(daemon)
+			syscall.Kill(daemon, syscall.SIGTERM)
+			if !proc.WaitDead(daemon, 5*time.Second) {
+				syscall.Kill(daemon, syscall.SIGKILL)
+			}
+			for _, w := range workers {
+				killIfOurs(w)
+			}
+		}
+	})
+	b := startBridge(t, cmdArgs([]string{"--daemonize", "--interval=60", "--log-file=" + logFile, "--pid-file=" + pidFile,
+		"--port=127.0.0.1:" + fmt.Sprint(freePort(t))}, goWorker())...)
+	// The daemon is up and its first worker serves: the foreground is waiting.
+	waitFileContains(t, logFile, 20*time.Second, "gen 1 serving")
+	b.signal(syscall.SIGINT)
+	// Generous for a loaded machine; the wait it cuts short is 60 s.
+	b.wait(10 * time.Second)
 }
