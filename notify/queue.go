@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -282,10 +283,12 @@ func sendDontWait(fd int, msg []byte, to *unix.SockaddrUnix) error {
 	}
 }
 
-// statusText is text on one line, cut to MaxStatusLen bytes without
+// statusText is text on one line, in valid UTF-8, cut to MaxStatusLen bytes without
 // splitting a UTF-8 character.
 func statusText(text string) string {
-	text = oneLine(text)
+	// systemd ignores a STATUS= that is not valid UTF-8, and a worker's
+	// status (in Latin-1, say) would cost us ours, which says what serves.
+	text = strings.ToValidUTF8(oneLine(text), "\uFFFD")
 	if len(text) <= MaxStatusLen {
 		return text
 	}
