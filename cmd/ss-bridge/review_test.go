@@ -75,3 +75,17 @@ func TestDaemonizeForegroundInterrupted(t *testing.T) {
 	// Generous for a loaded machine; the wait it cuts short is 60 s.
 	b.wait(10 * time.Second)
 }
+
+// --status-file naming a directory starts, then logs "failed to update the status file:
+// rename ...: file exists" at every change, for as long as it runs: the start-up check
+// creates the temporary file next to it, which works, and never looks at the path itself.
+// 0.35 dies at its first status write. Bad input must be a one-line error at start, exit 1.
+func TestStatusFileThatIsADirectory(t *testing.T) {
+	dir := t.TempDir()
+	res := runBridgeCmd(t, 10*time.Second, nil, "--interval=0", "--port=127.0.0.1:"+fmt.Sprint(freePort(t)),
+		"--status-file="+dir, "--", "sleep", "1000")
+	if res.code != 1 || res.timedOut || !strings.Contains(res.stderr, dir) {
+		t.Fatalf("--status-file=%s (a directory): exit %d (timed out %v), stderr %q; want exit 1 and an error naming it",
+			dir, res.code, res.timedOut, res.stderr)
+	}
+}
