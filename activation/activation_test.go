@@ -342,3 +342,59 @@ func TestAdoptFileRemovesOnlyTheFileBound(t *testing.T) {
 		}
 	}
 }
+
+// Two bridges started at once with the same --path over a stale socket file:
+// each sees the file refuse connections, so each removes it and binds. Without
+// serialising check, remove, bind and listen, the second removes the socket
+// the first has just bound (a refused connect also comes from a socket that
+// is bound but not listening yet), and both run, the first unreachable.
+func TestSamePathBoundAtOnceByTwo(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "app.sock")
+	spec, _ := ParsePath(path)
+	both := 0
+	for try := 0; try < 300 && both == 0; try++ {
+		stale, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale.(*net.UnixListener).SetUnlinkOnClose(false)
+		stale.Close()
+		type result struct {
+			socks []Socket
+			err   error
+		}
+		results := make(chan result, 2)
+		start := make(chan struct{})
+		for range 2 {
+			go func() {
+				<-start
+				socks, err := Open([]Spec{spec}, nil, Options{})
+				results <- result{socks, err}
+			}()
+		}
+		close(start)
+		var bound [][]Socket
+		for range 2 {
+			r := <-results
+			if r.err == nil {
+				bound = append(bound, r.socks)
+			} else if !strings.Contains(r.err.Error(), "in use") {
+				t.Fatalf("try %d: %v, want an error saying the path is in use", try, r.err)
+			}
+		}
+		if len(bound) == 0 {
+			t.Fatalf("try %d: neither bound the stale path", try)
+		}
+		if len(bound) == 2 {
+			both++
+		}
+		for _, socks := range bound {
+			CloseAll(socks)
+		}
+		os.Remove(path)
+	}
+	if both > 0 {
+		t.Fatal("both bound the same path: the first one's socket was removed under it")
+	}
+}

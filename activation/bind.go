@@ -299,6 +299,12 @@ func lookupIPv4(host string) (net.IP, error) {
 func bindUnix(spec Spec, opts Options) (Socket, error) {
 	path := spec.Path
 	what := "listen on " + path
+	// Two bridges given the same path at once would each find the file
+	// stale, remove it and bind: the second would remove the socket of the
+	// first, which refuses connections from bind until listen. A lock on the
+	// directory, held from the check to listen, orders them; the second then
+	// finds the path in use.
+	defer lockDir(filepath.Dir(path))()
 	if st, err := os.Lstat(path); err == nil {
 		if st.Mode().Type() != os.ModeSocket {
 			return Socket{}, fmt.Errorf("%s: %s exists and is not a socket; not removing it", what, describeMode(st.Mode()))
@@ -340,6 +346,27 @@ func bindUnix(spec Spec, opts Options) (Socket, error) {
 	}
 	return sock, nil
 }
+
+// lockDir takes an exclusive flock on the directory dir and returns its
+// release. The lock only orders bridges among themselves, so when it cannot be
+// had (an unreadable directory, or another user holding it to stall us) we go
+// on without it after a while rather than fail.
+func lockDir(dir string) (unlock func()) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return func() {}
+	}
+	for deadline := time.Now().Add(dirLockWait); ; time.Sleep(time.Millisecond) {
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil || !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			break
+		}
+	}
+	return func() { unix.Close(fd) }
+}
+
+// dirLockWait bounds the wait for lockDir: binding takes microseconds.
+const dirLockWait = 2 * time.Second
 
 // checkStale fails unless the socket file at path is stale: only a refused
 // connection proves that nobody listens on it. Removing a live one would

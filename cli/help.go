@@ -135,7 +135,8 @@ Environment:
   ENVDIR, ENABLE_AUTO_RESTART, AUTO_RESTART_INTERVAL, KILL_OLD_DELAY
             the defaults of --envdir, --enable-auto-restart,
             --auto-restart-interval and --kill-old-delay (files in the envdir
-            win); read again whenever the server wakes, as 0.35 does
+            win); read at each start attempt and when an auto-restart
+            falls due (0.35 read them at every wake)
   Workers get SERVER_STARTER_PORT ("key=fd;..."), SERVER_STARTER_GENERATION,
   and with --ready=notify or --worker-watchdog a NOTIFY_SOCKET of their own.
 

@@ -131,3 +131,18 @@ func TestManPageRenders(t *testing.T) {
 		}
 	}
 }
+
+// The envdir and its variables are read at each start attempt (and when an
+// auto-restart falls due), not at every wake of the loop as 0.35 did: a file
+// ENABLE_AUTO_RESTART created while the server runs takes effect at the next
+// start. --help said "read again whenever the server wakes, as 0.35 does",
+// which README and ss-bridge(1) contradict.
+func TestHelpSaysWhenTheEnvironmentIsRead(t *testing.T) {
+	text := strings.Join(strings.Fields(bridgeUsage), " ")
+	if strings.Contains(text, "whenever the server wakes") {
+		t.Error("--help says the envdir is read whenever the server wakes")
+	}
+	if !strings.Contains(text, "read at each start attempt") {
+		t.Error("--help does not say that the envdir is read at each start attempt")
+	}
+}

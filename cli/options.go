@@ -103,6 +103,18 @@ func floatValue(v string) (*float64, error) {
 	return &f, nil
 }
 
+// positiveValue reads a duration that has no "never": the supervisor takes 0
+// for "not given" and uses the default, so --max-backoff=0 or
+// --ready-timeout=0, meant as "no backoff" or "no limit", would silently be
+// a minute.
+func positiveValue(v string) (time.Duration, error) {
+	d, err := supervisor.ParseSeconds(v)
+	if err == nil && d <= 0 {
+		return 0, errors.New("must be more than 0")
+	}
+	return d, err
+}
+
 // watchdogValue reads --worker-watchdog. A positive value below a
 // microsecond is refused rather than passed on as WATCHDOG_USEC=0, which
 // tells a worker that it has no watchdog.
@@ -181,7 +193,7 @@ var options = []option{
 	{"auto-restart-interval", seconds, func(o *Options, v string) (err error) { o.AutoRestartInterval, err = floatValue(v); return }},
 	{"kill-old-delay", seconds, func(o *Options, v string) (err error) { o.KillOldDelay, err = floatValue(v); return }},
 	{"kill-timeout", seconds, func(o *Options, v string) (err error) { o.KillTimeout, err = secondsValue(v); return }},
-	{"max-backoff", seconds, func(o *Options, v string) (err error) { o.MaxBackoff, err = secondsValue(v); return }},
+	{"max-backoff", seconds, func(o *Options, v string) (err error) { o.MaxBackoff, err = positiveValue(v); return }},
 	{"timeout", seconds, func(o *Options, v string) (err error) { o.Timeout, err = secondsValue(v); return }},
 	{"ready", text, func(o *Options, v string) error {
 		switch strings.ToLower(v) {
@@ -194,7 +206,7 @@ var options = []option{
 		}
 		return nil
 	}},
-	{"ready-timeout", seconds, func(o *Options, v string) (err error) { o.ReadyTimeout, err = secondsValue(v); return }},
+	{"ready-timeout", seconds, func(o *Options, v string) (err error) { o.ReadyTimeout, err = positiveValue(v); return }},
 	{"worker-watchdog", seconds, func(o *Options, v string) (err error) { o.WorkerWatchdog, err = watchdogValue(v); return }},
 	{"listen-fds", flag, func(o *Options, _ string) error { o.ListenFDs = true; return nil }},
 	{"workers", integer, func(o *Options, v string) (err error) { o.Workers, err = countValue(v); return }},

@@ -46,6 +46,10 @@ func TestParseErrors(t *testing.T) {
 		"--kill-timeout=1x":  `--kill-timeout=1x: `,
 		"--max-backoff=-2":   `--max-backoff=-2: `,
 		"--auto-restart-i=x": `--auto-restart-interval=x: `,
+		// Not "never": the supervisor would use its default of a minute.
+		"--max-backoff=0":       `--max-backoff=0: must be more than 0`,
+		"--ready-timeout=0.":    `--ready-timeout=0.: must be more than 0`,
+		"--ready-timeout=1e-10": `--ready-timeout=1e-10: must be more than 0`,
 	} {
 		_, err := Parse(strings.Fields(args))
 		if err == nil || !strings.HasPrefix(err.Error(), want) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -283,10 +284,12 @@ func sendDontWait(fd int, msg []byte, to *unix.SockaddrUnix) error {
 	}
 }
 
-// statusText is s on one line, cut to MaxStatusLen bytes without splitting
-// a UTF-8 character.
+// statusText is s on one line, in valid UTF-8, cut to MaxStatusLen bytes
+// without splitting a UTF-8 character.
 func statusText(s string) string {
-	s = text.OneLine(s)
+	// systemd ignores a STATUS= that is not valid UTF-8, and a worker's
+	// status (in Latin-1, say) would cost us ours, which says what serves.
+	s = strings.ToValidUTF8(text.OneLine(s), "\uFFFD")
 	if len(s) <= MaxStatusLen {
 		return s
 	}

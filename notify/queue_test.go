@@ -158,3 +158,32 @@ func TestQueueWithoutNotifySocketSendsNothing(t *testing.T) {
 		t.Error("a nil Queue returned an error")
 	}
 }
+
+// systemd ignores a STATUS= that is not valid UTF-8 ("not UTF-8 clean,
+// ignoring"), so a worker's status in Latin-1 cost the bridge its whole
+// status text, "generation N (pid P) serving" with it, and with it what
+// `ss-bridge reload` reads to know which generation serves.
+func TestStatusIsValidUTF8(t *testing.T) {
+	sm := listenAsServiceManager(t, filepath.Join(t.TempDir(), "notify"))
+	m := fromEnv(t)
+	bad := "generation 1 (pid 7) serving: caf\xe9 \xff\xfe ok"
+	q := m.Queue(func(err error) { t.Errorf("reported: %v", err) })
+	defer q.Close(time.Second)
+	q.Status(bad)
+	if err := m.Status(bad); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		msg, _ := sm.receive()
+		text, ok := strings.CutPrefix(msg, "STATUS=")
+		if !ok || !utf8.ValidString(text) || !strings.HasPrefix(text, "generation 1 (pid 7) serving: caf") || !strings.HasSuffix(text, " ok") {
+			t.Errorf("sent %q", msg)
+		}
+	}
+	// Cut at the limit, the text stays valid too.
+	q.Status(strings.Repeat("\xe9", 2*MaxStatusLen))
+	msg, _ := sm.receive()
+	if text, _ := strings.CutPrefix(msg, "STATUS="); !utf8.ValidString(text) || len(text) > MaxStatusLen {
+		t.Errorf("sent %d bytes, valid UTF-8 %v", len(msg), utf8.ValidString(text))
+	}
+}

@@ -64,6 +64,11 @@ func ParseSeconds(v string) (time.Duration, error) {
 // and a huge file must not cost its size in memory.
 const envDirFileMax = 128 << 10
 
+// maxEnvString is the longest NAME=VALUE exec accepts: MAX_ARG_STRLEN (32
+// pages of 4 KiB) with its terminating NUL. A longer one makes every start
+// fail with E2BIG, without naming the file.
+const maxEnvString = 32*4096 - 1
+
 // withEnvDir is readEnvDir without warnings, for a look at what a worker
 // would get (Check).
 func withEnvDir(base environment) environment {
@@ -106,6 +111,10 @@ func readEnvDir(base environment, readDir func(string) ([]os.DirEntry, error), w
 		if err != nil {
 			warn("envdir: ignoring %s: %v", path, err)
 		}
+		if ok && len(name)+1+len(line) > maxEnvString {
+			warn("envdir: ignoring %s: %v", path, errEnvLong)
+			ok = false
+		}
 		if ok {
 			env[name] = line
 		}
@@ -117,6 +126,7 @@ var (
 	errNotRegular = errors.New("not a regular file")
 	errLineLong   = fmt.Errorf("first line longer than %d bytes", envDirFileMax)
 	errNUL        = errors.New("contains a NUL byte")
+	errEnvLong    = fmt.Errorf("NAME=first line is longer than %d bytes, which exec refuses", maxEnvString)
 )
 
 // firstLine reads the first line of the file at path, without its newline,

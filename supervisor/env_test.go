@@ -51,7 +51,9 @@ func TestEnvDirSkipsWhatItCannotUse(t *testing.T) {
 	write("NUL", []byte("a\x00b\n"))
 	write("NULAFTER", []byte("fine\n\x00"))
 	write("LONG", bytes.Repeat([]byte("x"), envDirFileMax+1))
-	write("JUSTFITS", append(bytes.Repeat([]byte("y"), envDirFileMax), '\n'))
+	// exec takes NAME=VALUE up to MAX_ARG_STRLEN with its NUL, 131072 bytes.
+	write("JUSTFITS", append(bytes.Repeat([]byte("y"), maxEnvString-len("JUSTFITS=")), '\n'))
+	write("EXECREFUSES", append(bytes.Repeat([]byte("z"), maxEnvString-len("EXECREFUSES=")+1), '\n'))
 	if err := syscall.Mkfifo(filepath.Join(dir, "FIFO"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -66,15 +68,16 @@ func TestEnvDirSkipsWhatItCannotUse(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("reading the envdir blocks (on the FIFO)")
 	}
-	if env["GOOD"] != "yes" || env["NULAFTER"] != "fine" || len(env["JUSTFITS"]) != envDirFileMax {
+	if env["GOOD"] != "yes" || env["NULAFTER"] != "fine" || len(env["JUSTFITS"]) != maxEnvString-len("JUSTFITS=") {
 		t.Errorf("GOOD=%q NULAFTER=%q len(JUSTFITS)=%d", env["GOOD"], env["NULAFTER"], len(env["JUSTFITS"]))
 	}
-	for _, name := range []string{"NUL", "LONG", "FIFO", "SUBDIR"} {
+	for _, name := range []string{"NUL", "LONG", "EXECREFUSES", "FIFO", "SUBDIR"} {
 		if v, ok := env[name]; ok {
 			t.Errorf("%s is set (%d bytes), want it skipped", name, len(v))
 		}
 	}
 	want := []string{
+		"envdir: ignoring " + filepath.Join(dir, "EXECREFUSES") + ": NAME=first line is longer than 131071 bytes, which exec refuses",
 		"envdir: ignoring " + filepath.Join(dir, "FIFO") + ": not a regular file",
 		"envdir: ignoring " + filepath.Join(dir, "LONG") + ": first line longer than 131072 bytes",
 		"envdir: ignoring " + filepath.Join(dir, "NUL") + ": contains a NUL byte",
