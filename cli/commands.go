@@ -119,6 +119,7 @@ func unitCommand(args []string) int {
 		Name: o.Name, Binary: o.Binary, Options: serverArgs(o), Ports: o.Ports, Paths: o.Paths,
 		PathMode: pathMode(o), Backlog: o.Backlog, Command: o.Command,
 		Socket: o.Socket, User: o.User, SystemdVersion: o.SystemdVersion, WorkingDirectory: workDir,
+		KillTimeout: o.KillTimeout,
 	})
 	if err != nil {
 		return failed(fmt.Errorf("unit: %w", err))

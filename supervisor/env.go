@@ -45,8 +45,13 @@ const MaxSeconds = 1e9
 // infinities, negative numbers and more than MaxSeconds are errors: each
 // would overflow or defeat a timer (NaN converts to an arbitrary duration).
 func ParseSeconds(v string) (time.Duration, error) {
-	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	v = strings.TrimSpace(v)
+	f, err := strconv.ParseFloat(v, 64)
 	switch {
+	// Go's literal syntax is not Perl's: 0.35 reads "1_000" as 1 and
+	// "0x1p3" as 0, so such a value is refused rather than read otherwise.
+	case strings.ContainsAny(v, "_xXpP"):
+		return 0, errors.New("not a number of seconds")
 	case err != nil && !errors.Is(err, strconv.ErrRange), math.IsNaN(f):
 		return 0, errors.New("not a number of seconds")
 	case math.IsInf(f, 0):

@@ -27,6 +27,7 @@ func TestParseSeconds(t *testing.T) {
 		"-Inf": "not a finite number of seconds", "1e400": "not a finite number of seconds",
 		"-1": "a negative number of seconds", "1e10": "more than the limit of 1000000000 seconds",
 		"1000000000.5": "more than the limit of 1000000000 seconds",
+		"1_000":        "not a number of seconds", "0x1p3": "not a number of seconds", "0X1P-2": "not a number of seconds",
 	} {
 		if got, err := ParseSeconds(v); err == nil || err.Error() != want {
 			t.Errorf("ParseSeconds(%q) = %v, %v; want the error %q", v, got, err, want)

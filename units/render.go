@@ -3,9 +3,11 @@ package units
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -42,6 +44,17 @@ type Spec struct {
 	Description string
 	// WorkingDirectory is where systemd starts ss-bridge ("" for none: "/").
 	WorkingDirectory string
+	// KillTimeout is ss-bridge's --kill-timeout: systemd must wait longer
+	// than that for the drain before it kills what is left.
+	KillTimeout time.Duration
+}
+
+// stopTimeout is TimeoutStopSec= in seconds: 90, or --kill-timeout and a
+// margin for the killed workers to be reaped, whichever is longer. A shorter
+// one would have systemd SIGKILL workers that ss-bridge still lets drain.
+func stopTimeout(killTimeout time.Duration) int {
+	const least, margin = 90, 10
+	return max(least, int(math.Ceil(killTimeout.Seconds()))+margin)
 }
 
 // File is a rendered unit file.
@@ -146,7 +159,7 @@ func renderService(spec Spec) string {
 	b.WriteString("# TERM goes to ss-bridge, which drains every generation; what is left after\n")
 	b.WriteString("# TimeoutStopSec= is killed.\n")
 	b.WriteString("KillMode=mixed\n")
-	b.WriteString("TimeoutStopSec=90\n")
+	fmt.Fprintf(&b, "TimeoutStopSec=%d\n", stopTimeout(spec.KillTimeout))
 	b.WriteString("Restart=on-failure\n")
 	if !spec.Socket && (len(spec.Ports) > 0 || len(spec.Paths) > 0) {
 		b.WriteString("# ss-bridge binds its sockets itself and keeps them in the fd store across\n")

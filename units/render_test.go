@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestRenderPicksTheServiceTypeBySystemdVersion(t *testing.T) {
@@ -130,6 +131,25 @@ func TestRenderEscapesWhatSystemdWouldMisread(t *testing.T) {
 	} {
 		if _, err := Render(spec); err == nil {
 			t.Errorf("%s: rendered", name)
+		}
+	}
+}
+
+// systemd kills what is left after TimeoutStopSec=: a --kill-timeout longer
+// than that would be cut short, workers killed while ss-bridge lets them drain.
+func TestStopTimeoutOutlastsKillTimeout(t *testing.T) {
+	for killTimeout, want := range map[time.Duration]string{
+		0:                         "TimeoutStopSec=90\n",
+		30 * time.Second:          "TimeoutStopSec=90\n",
+		300 * time.Second:         "TimeoutStopSec=310\n",
+		299500 * time.Millisecond: "TimeoutStopSec=310\n",
+	} {
+		files, err := Render(Spec{Name: "app", Binary: "/b", Command: []string{"/w"}, SystemdVersion: 257, KillTimeout: killTimeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(files[0].Content, want) {
+			t.Errorf("--kill-timeout=%v: service lacks %q:\n%s", killTimeout, want, files[0].Content)
 		}
 	}
 }
