@@ -30,8 +30,10 @@ const (
 
 // daemonize starts the daemon and returns once it has written its pid file
 // and its first generation has started (and is in the status file), or has
-// failed to: then the error says why.
-func daemonize(logFile string, socks []activation.Socket, pid *pidFile) error {
+// failed to: then the error says why. A signal on interrupt (the operator's
+// Ctrl-C or a TERM) ends the wait at once; the daemon, in a session of its
+// own, goes on, and the error says so.
+func daemonize(logFile string, socks []activation.Socket, pid *pidFile, interrupt <-chan os.Signal) error {
 	null, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("daemonize: open %s: %w", os.DevNull, err)
@@ -41,7 +43,11 @@ func daemonize(logFile string, socks []activation.Socket, pid *pidFile) error {
 	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
 		return fmt.Errorf("daemonize: pipe: %w", err)
 	}
-	defer unix.Close(ready[0])
+	defer func() {
+		if ready[0] >= 0 {
+			unix.Close(ready[0])
+		}
+	}()
 
 	// The daemon never holds the terminal: it opens the log itself, and
 	// reports what stops it before that on the ready pipe.
@@ -69,15 +75,34 @@ func daemonize(logFile string, socks []activation.Socket, pid *pidFile) error {
 	var ws unix.WaitStatus
 	unix.Wait4(child, &ws, 0, nil)
 
-	var buf [4096]byte
-	n, _ := readFull(ready[0], buf[:])
-	switch msg := string(buf[:n]); {
+	// The first worker may take --interval or --ready-timeout to count as
+	// started: a minute is not a wait that Ctrl-C may not cut short.
+	type report struct {
+		msg string
+	}
+	reports := make(chan report, 1)
+	readEnd := ready[0]
+	ready[0] = -1 // the reader closes it, even after an interrupt
+	go func() {
+		defer unix.Close(readEnd)
+		var buf [4096]byte
+		n, _ := readFull(readEnd, buf[:])
+		reports <- report{string(buf[:n])}
+	}()
+	var msg string
+	select {
+	case r := <-reports:
+		msg = r.msg
+	case sig := <-interrupt:
+		return &daemonRunsError{fmt.Sprintf("interrupted (%v) while the daemon started its first worker; the daemon goes on: see %s, stop it with --stop", sig, logFile)}
+	}
+	switch {
 	case msg == "ok":
 		return nil
 	case strings.HasPrefix(msg, "error: "):
 		return errors.New(strings.TrimPrefix(msg, "error: "))
 	case strings.HasPrefix(msg, "retrying: "):
-		return &daemonRetryingError{strings.TrimPrefix(msg, "retrying: ")}
+		return &daemonRunsError{strings.TrimPrefix(msg, "retrying: ")}
 	case ws.Exited() && ws.ExitStatus() != 0:
 		return fmt.Errorf("daemonize: the intermediate process exited with status %d", ws.ExitStatus())
 	default:
@@ -85,11 +110,12 @@ func daemonize(logFile string, socks []activation.Socket, pid *pidFile) error {
 	}
 }
 
-// daemonRetryingError is a daemon that runs but whose first worker failed
-// to start.
-type daemonRetryingError struct{ msg string }
+// daemonRunsError is a start that failed in the foreground while the daemon
+// runs on: its first worker failed to start and is retried, or the wait was
+// interrupted. The daemon owns the sockets and the pid file then.
+type daemonRunsError struct{ msg string }
 
-func (e *daemonRetryingError) Error() string { return e.msg }
+func (e *daemonRunsError) Error() string { return e.msg }
 
 func readFull(fd int, buf []byte) (int, error) {
 	total := 0

@@ -38,6 +38,7 @@ type logSink struct {
 	backoff  time.Duration
 	draining *drain
 	closing  bool
+	own      *lossyWriter // see ownWriter
 }
 
 // Backoff between restarts of a log command that keeps exiting; it is reset
@@ -242,19 +243,43 @@ func (l *logSink) finish(failed bool) {
 		unix.Dup3(null, 2, 0)
 		unix.Close(null)
 	}
+	if l.own != nil {
+		l.own.close()
+	}
 	unix.Close(l.fd)
 	d.stop()
 	if pidfd != nil {
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			var ws unix.WaitStatus
-			p, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
-			if p == pid || err != nil { // ECHILD: already reaped by the supervisor
-				break
+		// A command that reads to the end exits once the last writer has
+		// gone; one that does not read is told to go, and then killed,
+		// rather than left behind.
+		if !waitExit(pid, logExitGrace) {
+			unix.Kill(pid, unix.SIGTERM)
+			if !waitExit(pid, time.Second) {
+				unix.Kill(pid, unix.SIGKILL)
+				waitExit(pid, time.Second)
 			}
 		}
 		pidfd.Close()
 	}
 	unix.Close(l.readEnd)
+}
+
+// logExitGrace is how long the log command may take, when we exit, to write
+// out what it has read.
+const logExitGrace = 5 * time.Second
+
+// waitExit reaps pid, waiting up to d for it to exit.
+func waitExit(pid int, d time.Duration) bool {
+	for deadline := time.Now().Add(d); ; time.Sleep(10 * time.Millisecond) {
+		var ws unix.WaitStatus
+		p, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		if p == pid || err != nil { // ECHILD: already reaped by the supervisor
+			return true
+		}
+		if !time.Now().Before(deadline) {
+			return false
+		}
+	}
 }
 
 // openLogFile opens the log file for appending. A symlink there is followed
@@ -296,4 +321,102 @@ func trustedSymlink(path string) error {
 		return fmt.Errorf("log file %s is a symlink owned by uid %d, neither us nor the owner of its directory; refusing to follow it", path, link.Uid)
 	}
 	return nil
+}
+
+// ownLogMax bounds what the bridge keeps of its own lines while the log
+// command does not read; beyond it they are counted, not kept.
+const ownLogMax = 64 << 10
+
+// ownWriter is where the bridge writes its own log lines. For a file it is
+// our stderr. For a command it never waits: a command that stops reading
+// lets the workers fill the pipe, and a blocking write of "received TERM"
+// would stall the loop for good. It writes through a non-blocking
+// description of the pipe of its own (the workers' stays blocking), keeps
+// what does not fit (up to ownLogMax) for the next write, and counts what
+// it had to drop.
+func (l *logSink) ownWriter() io.Writer {
+	if l.command == "" {
+		return os.Stderr
+	}
+	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", l.fd), os.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return os.Stderr
+	}
+	// Raw descriptor writes: os.File would park the goroutine in the
+	// poller on EAGAIN, which is the wait this avoids.
+	fd := int(f.Fd())
+	l.own = &lossyWriter{fd: fd, f: f}
+	return l.own
+}
+
+type lossyWriter struct {
+	mu      sync.Mutex
+	fd      int
+	f       *os.File // keeps fd open
+	pending []byte
+	lost    int // lines dropped since the last successful write
+}
+
+func (w *lossyWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.flush() && w.lost > 0 {
+		note := fmt.Sprintf("ss-bridge: %d lines of its own log were lost while the log command did not read\n", w.lost)
+		if w.write([]byte(note)) {
+			w.lost = 0
+		}
+	}
+	switch {
+	case len(w.pending) > 0 && len(w.pending)+len(p) <= ownLogMax:
+		w.pending = append(w.pending, p...) // after what is pending, in order
+	case len(w.pending) > 0 || !w.write(p):
+		w.lost += max(1, strings.Count(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+// flush writes what is pending, and reports whether nothing is left.
+func (w *lossyWriter) flush() bool {
+	for len(w.pending) > 0 {
+		n, err := unix.Write(w.fd, w.pending)
+		if n > 0 {
+			w.pending = w.pending[n:]
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n <= 0 {
+			return false
+		}
+	}
+	w.pending = nil
+	return true
+}
+
+// write writes all of p or, when the pipe is full, keeps the rest pending.
+func (w *lossyWriter) write(p []byte) bool {
+	for len(p) > 0 {
+		n, err := unix.Write(w.fd, p)
+		if n > 0 {
+			p = p[n:]
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n <= 0 {
+			if len(p) > 0 && len(p) <= ownLogMax {
+				w.pending = append(w.pending, p...)
+				return true // kept
+			}
+			return false
+		}
+	}
+	return true
+}
+
+func (w *lossyWriter) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.flush()
+	w.f.Close()
 }

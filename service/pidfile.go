@@ -43,8 +43,12 @@ func lockPidFile(path string) (*pidFile, error) {
 		if err := unix.Flock(int(p.f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			p.f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
-				pid, _ := ReadPid(path)
-				return nil, fmt.Errorf("another server is running with pid file %s (pid %d)", path, pid)
+				// The holder may have locked the file and not yet written
+				// its pid: name it only when it is there.
+				if pid, err := ReadPid(path); err == nil && pid > 0 {
+					return nil, fmt.Errorf("another server is running with pid file %s (pid %d)", path, pid)
+				}
+				return nil, fmt.Errorf("another server is running with pid file %s (starting: its pid is not written yet)", path)
 			}
 			return nil, fmt.Errorf("lock pid file %s: %w", path, err)
 		}

@@ -3,6 +3,7 @@ package service
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -97,5 +98,27 @@ func TestPidFileLockIsWhatControlCommandsSee(t *testing.T) {
 	os.WriteFile(path, []byte("x\n"), 0o644)
 	if _, err := ReadPid(path); err == nil || err.Error() != "pid file "+path+" holds no pid" {
 		t.Errorf("ReadPid of garbage: %v", err)
+	}
+}
+
+// A server that has locked the pid file and not yet written its pid (two
+// started at once) is reported as starting, not as "pid 0".
+func TestPidFileLockedBeforeItIsWritten(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pid")
+	first, err := lockPidFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.release()
+	_, err = lockPidFile(path)
+	if err == nil || !strings.Contains(err.Error(), "its pid is not written yet") || strings.Contains(err.Error(), "pid 0") {
+		t.Fatalf("second server: %v; want it to say the first is starting", err)
+	}
+	if err := first.write(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = lockPidFile(path)
+	if want := "(pid " + strconv.Itoa(os.Getpid()) + ")"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("second server after the write: %v; want %q", err, want)
 	}
 }

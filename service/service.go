@@ -159,9 +159,9 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 		log.watch()
 	}
 	if c.Daemonize && !daemon {
-		err := daemonize(c.LogFile, socks, pid)
-		var retrying *daemonRetryingError
-		if err != nil && !errors.As(err, &retrying) {
+		err := daemonize(c.LogFile, socks, pid, signals.Stop)
+		var runs *daemonRunsError
+		if err != nil && !errors.As(err, &runs) {
 			return err // the daemon has exited: remove what it may not have
 		}
 		for i := range socks {
@@ -216,6 +216,9 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 			o(e)
 		}
 	}
+	if log != nil {
+		cfg.Log = log.ownWriter()
+	}
 	sup, err := supervisor.New(cfg)
 	if err != nil {
 		return err
@@ -226,6 +229,11 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 // checkWritable fails when the status file could not be written, by creating
 // and removing a temporary file as the supervisor writes it through.
 func checkWritable(statusFile string) error {
+	// The temporary is renamed over the path: that fails at every update
+	// for a directory, and 0.35 dies at its first. Say so at start instead.
+	if st, err := os.Lstat(statusFile); err == nil && st.IsDir() {
+		return fmt.Errorf("status file %s is a directory", statusFile)
+	}
 	f, err := supervisor.CreateStatusTemp(statusFile)
 	if err != nil {
 		return fmt.Errorf("status file %s is not writable: %w", statusFile, unwrap(err))
