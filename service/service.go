@@ -194,6 +194,11 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 		}
 		defer pid.release()
 	}
+	// A result left by a server that crashed would look like an outcome of
+	// our first upgrade.
+	if c.PidFile != "" {
+		os.Remove(ResultFile(c.PidFile))
+	}
 
 	srv := &server{c: c, signals: signals, sd: sd, pid: pid, log: log, socks: socks, ready: ready, exe: exe}
 	return srv.run(cfg, supervisor.New)
