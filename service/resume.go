@@ -3,6 +3,7 @@ package service
 import (
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/activation"
@@ -27,6 +28,14 @@ func resume(c Config, signals supervisor.Signals, fd int) error {
 	f.Close()
 	if err != nil {
 		return fmt.Errorf("resume after an upgrade: %w", err)
+	}
+	if e := st.ExeFD; e != nil {
+		// Only if it is still the program's file: a wrapper script may
+		// have closed it, and the number now be one of our runtime's.
+		var fst unix.Stat_t
+		if unix.Fstat(e.FD, &fst) == nil && uint64(fst.Dev) == e.File.Dev && fst.Ino == e.File.Ino && !slices.Contains(st.FDs(), e.FD) {
+			unix.Close(e.FD)
+		}
 	}
 
 	sd := &systemd{

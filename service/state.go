@@ -18,7 +18,7 @@ import (
 //
 //	{"format":"ss-bridge-state", "version":1,
 //	 "writer":{"version":"0.1.0", "pid":1234},
-//	 "exe":"/usr/bin/ss-bridge",
+//	 "exe":"/usr/bin/ss-bridge", "exe_fd":{"fd":9, "file":{"Dev":2049, "Ino":1234}},
 //	 "sockets":[{"spec":{"Key":"8080", ...}, "fd":3, "inherited":false, "owned_file":null}],
 //	 "pid_file":{"path":"/run/x.pid", "fd":5},
 //	 "log":{"fd":7, "fallback_fd":6, "redirected":true, "command":"logger", "read_end":8, "pid":4321},
@@ -36,6 +36,8 @@ import (
 //   - writer: the ss-bridge version and pid that wrote the state.
 //   - exe: the absolute path the server was first started from, where the
 //     next upgrade finds its program.
+//   - exe_fd: the descriptor of the program executed, and its file's
+//     identity; the new image closes it if it is still open and that file.
 //   - sockets: the listening sockets in the order the workers get them:
 //     their spec (activation.Spec), descriptor, whether systemd passed them,
 //     and the identity of the unix socket file the server removes at exit.
@@ -57,6 +59,7 @@ type State struct {
 	Version    int              `json:"version"`
 	Writer     WriterState      `json:"writer"`
 	Exe        string           `json:"exe"`
+	ExeFD      *ExeFDState      `json:"exe_fd,omitempty"`
 	Sockets    []SocketState    `json:"sockets"`
 	PidFile    *PidFileState    `json:"pid_file,omitempty"`
 	Log        *LogState        `json:"log,omitempty"`
@@ -70,6 +73,15 @@ type State struct {
 type WriterState struct {
 	Version string `json:"version"`
 	PID     int    `json:"pid"`
+}
+
+// ExeFDState is the descriptor the new image was executed from, which
+// stays open across the exec so that a script (a wrapper that execs the real
+// binary) can read itself from /dev/fd. The new image closes it, if it is
+// still that file.
+type ExeFDState struct {
+	FD   int               `json:"fd"`
+	File activation.FileID `json:"file"`
 }
 
 // SocketState is a listening socket in a State.

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ss-bridge/ss-bridge/activation"
 	"golang.org/x/sys/unix"
 )
 
@@ -386,6 +387,10 @@ func (srv *server) execUpgrade(version string) {
 	}
 	st := srv.snapshot(pending)
 	st.Upgrade.Seq = u.seq
+	var cand unix.Stat_t
+	if err := unix.Fstat(int(u.cand.Fd()), &cand); err == nil {
+		st.ExeFD = &ExeFDState{FD: int(u.cand.Fd()), File: activation.FileID{Dev: uint64(cand.Dev), Ino: cand.Ino}}
+	}
 	err := srv.exec(st)
 	// Still here: the old image carries on.
 	rearmHUP()
@@ -436,7 +441,13 @@ func (srv *server) exec(st State) error {
 	}
 	env = append(env, resumeFDEnv+"="+strconv.Itoa(memfd))
 	fds := append(st.FDs(), memfd)
-	path := fmt.Sprintf("/proc/self/fd/%d", srv.up.cand.Fd())
+	cand := int(srv.up.cand.Fd())
+	if st.ExeFD != nil {
+		// A script reads itself from /dev/fd/N once the kernel has
+		// started its interpreter.
+		fds = append(fds, cand)
+	}
+	path := fmt.Sprintf("/proc/self/fd/%d", cand)
 	// No fork may inherit the descriptors while they are inheritable: a
 	// log command's sh would hold the listening sockets.
 	syscall.ForkLock.Lock()

@@ -1,0 +1,444 @@
+package main
+
+// Self-upgrade (SIGUSR2, ss-bridge upgrade): the real binary, built twice with different
+// versions, replaced on disk and executed in place while real workers serve real load.
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ss-bridge/ss-bridge/internal/proc"
+	"github.com/ss-bridge/ss-bridge/internal/testkit"
+)
+
+var (
+	upgradeBuild    sync.Once
+	upgradeBinaries [2]string // ss-bridge built as versionA and versionB
+	upgradeBuildErr error
+)
+
+const (
+	versionA = "9.0.0-upgrade-a"
+	versionB = "9.0.0-upgrade-b"
+)
+
+// upgradeBins builds ss-bridge twice, with versionA and versionB.
+func upgradeBins(t *testing.T) [2]string {
+	t.Helper()
+	if os.Getenv("SS_BRIDGE_TEST_BIN") != "" {
+		t.Skip("self-upgrade is ss-bridge's own; SS_BRIDGE_TEST_BIN is set")
+	}
+	upgradeBuild.Do(func() {
+		for i, v := range []string{versionA, versionB} {
+			out := filepath.Join(e2eBinDir, "ss-bridge-"+v)
+			flags := append(testkit.RaceFlags(), "-ldflags=-X github.com/ss-bridge/ss-bridge/cli.version="+v)
+			if err := e2eGoBuild("../../cmd/ss-bridge", out, flags...); err != nil {
+				upgradeBuildErr = err
+				return
+			}
+			upgradeBinaries[i] = out
+		}
+	})
+	if upgradeBuildErr != nil {
+		t.Fatal(upgradeBuildErr)
+	}
+	return upgradeBinaries
+}
+
+// install puts a copy of src at dst by rename, as a package manager does: the running
+// program keeps its (now deleted) file, and dst names the new one.
+func install(t *testing.T, src, dst string, mode os.FileMode) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	installBytes(t, data, dst, mode)
+}
+
+func installBytes(t *testing.T, data []byte, dst string, mode os.FileMode) {
+	t.Helper()
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// upgradeCmd runs `ss-bridge upgrade --pid-file=pidFile`.
+func upgradeCmd(t *testing.T, pidFile string, extra ...string) runResult {
+	t.Helper()
+	return runBridgeCmd(t, 60*time.Second, nil, append([]string{"upgrade", "--pid-file=" + pidFile}, extra...)...)
+}
+
+// mustUpgrade runs upgrade and checks it reports from -> to.
+func mustUpgrade(t *testing.T, pidFile string, pid int, from, to string) {
+	t.Helper()
+	res := upgradeCmd(t, pidFile)
+	want := fmt.Sprintf("upgraded ss-bridge from %s to %s (pid %d unchanged)\n", from, to, pid)
+	if res.code != 0 || res.stdout != want {
+		t.Fatalf("upgrade %s -> %s: exit %d, stdout %q (want %q), stderr %q", from, to, res.code, res.stdout, want, res.stderr)
+	}
+}
+
+// upgradeServer is a bridge run from a copy of the binary in its own directory, which the
+// tests replace.
+type upgradeServer struct {
+	*bridge
+	exe, pidFile, statusFile, addr string
+}
+
+func startUpgradeServer(t *testing.T, extraOpts []string, worker ...string) *upgradeServer {
+	t.Helper()
+	bins := upgradeBins(t)
+	dir := t.TempDir()
+	s := &upgradeServer{exe: filepath.Join(dir, "ss-bridge"), pidFile: filepath.Join(dir, "pid"),
+		statusFile: filepath.Join(dir, "status"), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	install(t, bins[0], s.exe, 0o755)
+	if len(worker) == 0 {
+		worker = goWorker()
+	}
+	opts := append([]string{"--port=" + s.addr, "--pid-file=" + s.pidFile, "--status-file=" + s.statusFile, "--interval=0.5"}, extraOpts...)
+	s.bridge = startBridgeWith(t, bridgeConfig{bin: s.exe}, cmdArgs(opts, worker)...)
+	return s
+}
+
+// httpLoad starts clients of both kinds, a new connection per request and keep-alive.
+func httpLoad(addr string) *testkit.Load {
+	clients := make([]*http.Client, 4)
+	for i := range clients {
+		clients[i] = newClient(nil, i%2 == 1, 5*time.Second)
+	}
+	return testkit.StartLoad(len(clients), 2*time.Millisecond, func(i int) (int, error) {
+		_, gen, err := testkit.Ask(clients[i], "http://"+addr+"/")
+		return gen, err
+	})
+}
+
+func TestUpgradeUnderLoadKeepsEverything(t *testing.T) {
+	bins := upgradeBins(t)
+	s := startUpgradeServer(t, nil)
+	w := s.worker(1, 10*time.Second)
+	waitServing(t, s.addr, 1, 10*time.Second)
+	waitStatus(t, s.statusFile, statusLine(1, w), 5*time.Second)
+
+	load := httpLoad(s.addr)
+	var fds int
+	const upgrades = 20
+	for i := range upgrades {
+		from, to := versionA, versionB
+		if i%2 == 1 {
+			from, to = versionB, versionA
+		}
+		install(t, bins[(i+1)%2], s.exe, 0o755)
+		mustUpgrade(t, s.pidFile, s.pid, from, to)
+		if i == 0 {
+			fds = proc.FDCount(s.pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	load.Finish(t, fmt.Sprintf("%d upgrades", upgrades))
+
+	if s.exited() {
+		t.Fatalf("the bridge exited")
+	}
+	if n := s.count(`^upgraded from .* \(pid ` + strconv.Itoa(s.pid) + ` unchanged\)$`); n != upgrades {
+		t.Errorf("%d \"upgraded from\" lines, want %d", n, upgrades)
+	}
+	if got := s.workerPids(); len(got) != 1 || got[0] != w {
+		t.Errorf("workers after the upgrades: %v, want [%d]", got, w)
+	}
+	if n := s.count(`^starting new worker`); n != 1 {
+		t.Errorf("%d workers were started, want 1", n)
+	}
+	if data, _ := os.ReadFile(s.statusFile); string(data) != statusLine(1, w) {
+		t.Errorf("status file %q, want %q", data, statusLine(1, w))
+	}
+	if data, _ := os.ReadFile(s.pidFile); string(data) != fmt.Sprintf("%d\n", s.pid) {
+		t.Errorf("pid file %q, want the bridge's pid %d", data, s.pid)
+	}
+	if now := proc.FDCount(s.pid); now != fds {
+		t.Errorf("the bridge has %d descriptors open after %d upgrades, %d after the first", now, upgrades, fds)
+	}
+	if p := proc.Parent(w); p != s.pid {
+		t.Errorf("worker %d's parent is %d, not the bridge %d", w, p, s.pid)
+	}
+
+	// The new image supervises as the old one did.
+	s.signal(syscall.SIGHUP)
+	w2 := waitServing(t, s.addr, 2, 10*time.Second)
+	waitStatus(t, s.statusFile, statusLine(2, w2), 10*time.Second)
+	if !proc.WaitDead(w, 10*time.Second) {
+		t.Errorf("old worker %d still alive after the restart", w)
+	}
+	s.signal(syscall.SIGTERM)
+	if code := s.wait(10 * time.Second); code != 0 {
+		t.Errorf("exit status %d after TERM, want 0", code)
+	}
+	for _, f := range []string{s.pidFile, s.statusFile, s.pidFile + ".upgrade"} {
+		if fileExists(f) {
+			t.Errorf("%s left behind", f)
+		}
+	}
+	if proc.Alive(w2) {
+		t.Errorf("worker %d alive after the bridge exited", w2)
+	}
+}
+
+func TestUpgradeRefusesABadCandidate(t *testing.T) {
+	bins := upgradeBins(t)
+	good, err := os.ReadFile(bins[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startUpgradeServer(t, nil)
+	w := s.worker(1, 10*time.Second)
+	waitServing(t, s.addr, 1, 10*time.Second)
+	for _, c := range []struct {
+		name   string
+		data   []byte
+		mode   os.FileMode
+		reason string
+	}{
+		{"not-executable", good, 0o644, "permission denied"},
+		{"truncated", good[:len(good)/3], 0o755, "preflight of " + s.exe + ": "},
+		{"exits-1", []byte("#!/bin/sh\necho 'error: I cannot'\nexit 1\n"), 0o755, "preflight of " + s.exe + ": error: I cannot"},
+		{"hangs", []byte("#!/bin/sh\nexec sleep 60\n"), 0o755, "no answer within 10s"},
+		{"missing", nil, 0, "no such file or directory"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.data == nil {
+				os.Remove(s.exe)
+			} else {
+				installBytes(t, c.data, s.exe, c.mode)
+			}
+			res := upgradeCmd(t, s.pidFile)
+			if res.code != 1 || !strings.Contains(res.stderr, c.reason) || !strings.Contains(res.stderr, "ss-bridge "+versionA+" (pid "+strconv.Itoa(s.pid)+") carries on") ||
+				strings.Count(res.stderr, "\n") != 1 {
+				t.Errorf("upgrade: exit %d, stderr %q; want exit 1 and one line saying %q", res.code, res.stderr, c.reason)
+			}
+			s.waitLine(5*time.Second, `^upgrade failed: .*`+regexpQuote(c.reason), 1)
+			if s.exited() {
+				t.Fatalf("the bridge exited")
+			}
+			if pid, gen, err := getPidGen(s.addr); err != nil || pid != w || gen != 1 {
+				t.Errorf("after the refusal: worker %d gen %d err %v, want %d gen 1", pid, gen, err, w)
+			}
+		})
+	}
+	// Nothing was left: no zombie, no preflight child, and a good candidate still works.
+	for _, st := range proc.Children(s.pid) {
+		if st.PID != w {
+			t.Errorf("the bridge has a child %d (state %c) besides its worker", st.PID, st.State)
+		}
+	}
+	install(t, bins[1], s.exe, 0o755)
+	mustUpgrade(t, s.pidFile, s.pid, versionA, versionB)
+	if got := s.workerPids(); len(got) != 1 || got[0] != w {
+		t.Errorf("workers: %v, want [%d]", got, w)
+	}
+}
+
+// slowCandidate installs a wrapper script that takes a second to answer the preflight
+// and then runs bin: the window in which a signal arrives "during the upgrade". onExec is
+// shell run in the exec itself, after the old image is gone and before the new one runs.
+func slowCandidate(t *testing.T, exe, bin, onExec string) {
+	t.Helper()
+	script := fmt.Sprintf("#!/bin/sh\nif [ -n \"$SS_BRIDGE_PREFLIGHT\" ]; then sleep 1; else %s; fi\nexec %s \"$@\"\n", onExec, bin)
+	installBytes(t, []byte(script), exe, 0o755)
+}
+
+func TestUpgradeHUPDuringTheUpgradeRestartsOnce(t *testing.T) {
+	bins := upgradeBins(t)
+	s := startUpgradeServer(t, nil)
+	w := s.worker(1, 10*time.Second)
+	waitServing(t, s.addr, 1, 10*time.Second)
+	slowCandidate(t, s.exe, bins[1], ":")
+	load := httpLoad(s.addr)
+	done := make(chan runResult)
+	go func() { done <- upgradeCmd(t, s.pidFile) }()
+	s.waitLine(5*time.Second, `^received USR2`, 1)
+	s.signal(syscall.SIGHUP)
+	s.signal(syscall.SIGHUP)
+	res := <-done
+	if res.code != 0 || !strings.Contains(res.stdout, "to "+versionB) {
+		t.Fatalf("upgrade: exit %d, stdout %q, stderr %q", res.code, res.stdout, res.stderr)
+	}
+	w2 := waitServing(t, s.addr, 2, 10*time.Second)
+	waitStatus(t, s.statusFile, statusLine(2, w2), 10*time.Second)
+	time.Sleep(1500 * time.Millisecond) // no second restart follows
+	load.Finish(t, "upgrade with HUPs")
+	if n := s.count(`^starting new worker`); n != 2 {
+		t.Errorf("%d workers started, want 2: one restart for the HUPs", n)
+	}
+	if !proc.WaitDead(w, 5*time.Second) {
+		t.Errorf("old worker %d still alive", w)
+	}
+}
+
+func TestUpgradeTERMDuringTheUpgradeStops(t *testing.T) {
+	bins := upgradeBins(t)
+	s := startUpgradeServer(t, nil)
+	w := s.worker(1, 10*time.Second)
+	waitServing(t, s.addr, 1, 10*time.Second)
+	slowCandidate(t, s.exe, bins[1], ":")
+	done := make(chan runResult)
+	go func() { done <- upgradeCmd(t, s.pidFile) }()
+	s.waitLine(5*time.Second, `^received USR2`, 1)
+	s.signal(syscall.SIGTERM)
+	if code := s.wait(10 * time.Second); code != 0 {
+		t.Errorf("exit status %d after TERM, want 0", code)
+	}
+	res := <-done
+	if res.code != 1 {
+		t.Errorf("upgrade: exit %d, stdout %q, stderr %q; want 1", res.code, res.stdout, res.stderr)
+	}
+	if proc.Alive(w) {
+		t.Errorf("worker %d alive after the bridge exited", w)
+	}
+	for _, f := range []string{s.pidFile, s.statusFile, s.pidFile + ".upgrade"} {
+		if fileExists(f) {
+			t.Errorf("%s left behind", f)
+		}
+	}
+}
+
+// A worker killed while the process runs neither image (the exec runs a stand-in that
+// kills it, waits 300 ms and then execs the new ss-bridge) is a zombie whose SIGCHLD went
+// to no handler: the new image reaps it, reports it and starts another.
+func TestUpgradeReapsAWorkerThatExitedDuringTheExec(t *testing.T) {
+	bins := upgradeBins(t)
+	execkill := filepath.Join(e2eBinDir, "execkill")
+	if err := e2eGoBuild("./testdata/execkill", execkill); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	exe, pidFile, killFile := filepath.Join(dir, "ss-bridge"), filepath.Join(dir, "pid"), filepath.Join(dir, "kill")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	install(t, bins[0], exe, 0o755)
+	b := startBridgeWith(t, bridgeConfig{bin: exe, env: []string{"EXECKILL_BINARY=" + bins[1], "EXECKILL_PIDFILE=" + killFile}},
+		cmdArgs([]string{"--port=" + addr, "--pid-file=" + pidFile, "--interval=0.5"}, goWorker())...)
+	w := b.worker(1, 10*time.Second)
+	waitServing(t, addr, 1, 10*time.Second)
+	time.Sleep(1500 * time.Millisecond) // up long enough to be restarted at once
+	if err := os.WriteFile(killFile, []byte(strconv.Itoa(w)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	install(t, execkill, exe, 0o755)
+	mustUpgrade(t, pidFile, b.pid, versionA, versionB)
+	b.waitLine(10*time.Second, fmt.Sprintf(`^worker %d died unexpectedly with status:9, restarting$`, w), 1)
+	w2 := waitServing(t, addr, 2, 10*time.Second)
+	if w2 == w {
+		t.Fatalf("the killed worker %d still answers", w)
+	}
+	// Reported by the new image, after its "upgraded" line.
+	b.expectSequence(`^upgraded from `, fmt.Sprintf(`^worker %d died unexpectedly`, w), `^starting new worker`)
+	if st, ok := proc.ReadStat(w); ok && st.State == 'Z' {
+		t.Errorf("worker %d left a zombie", w)
+	}
+}
+
+// After an upgrade the workers still get --signal-on-term when the bridge is killed with
+// SIGKILL: their parent-death signal survived the exec.
+func TestUpgradeKeepsTheParentDeathSignal(t *testing.T) {
+	bins := upgradeBins(t)
+	s := startUpgradeServer(t, []string{"--signal-on-term=USR1"})
+	w := s.worker(1, 10*time.Second)
+	waitServing(t, s.addr, 1, 10*time.Second)
+	for i := range 3 {
+		install(t, bins[(i+1)%2], s.exe, 0o755)
+		mustUpgrade(t, s.pidFile, s.pid, []string{versionA, versionB}[i%2], []string{versionA, versionB}[(i+1)%2])
+	}
+	if s.count(fmt.Sprintf(`^worker %d got`, w)) != 0 {
+		t.Fatalf("the worker got a signal during the upgrades:\n%s", s.log.String())
+	}
+	s.signal(syscall.SIGKILL)
+	s.waitLine(5*time.Second, fmt.Sprintf(`^worker %d got USR1$`, w), 1)
+	if !proc.WaitDead(w, 10*time.Second) {
+		t.Errorf("worker %d still alive after its parent died", w)
+	}
+}
+
+func TestUpgradeDaemon(t *testing.T) {
+	bins := upgradeBins(t)
+	dir := t.TempDir()
+	exe, pidFile, logFile := filepath.Join(dir, "ss-bridge"), filepath.Join(dir, "pid"), filepath.Join(dir, "log")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	install(t, bins[0], exe, 0o755)
+	var daemon int
+	var workers []int
+	t.Cleanup(func() {
+		if daemon > 0 && proc.Alive(daemon) {
+			syscall.Kill(daemon, syscall.SIGKILL)
+		}
+		for _, w := range workers {
+			killIfOurs(w)
+		}
+		if t.Failed() {
+			data, _ := os.ReadFile(logFile)
+			t.Logf("log file:\n%s", data)
+		}
+	})
+	run := func(bin string, args ...string) (int, string) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = cleanEnv()
+		out, _ := cmd.CombinedOutput()
+		return cmd.ProcessState.ExitCode(), string(out)
+	}
+	args := cmdArgs([]string{"--daemonize", "--log-file=" + logFile, "--pid-file=" + pidFile, "--port=" + addr}, goWorker())
+	if code, out := run(exe, args...); code != 0 {
+		t.Fatalf("--daemonize: exit %d: %s", code, out)
+	}
+	var err error
+	daemon, err = readPid(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := waitServing(t, addr, 1, 10*time.Second)
+	workers = append(workers, w)
+	load := httpLoad(addr)
+	for i := range 5 {
+		install(t, bins[(i+1)%2], exe, 0o755)
+		mustUpgrade(t, pidFile, daemon, []string{versionA, versionB}[i%2], []string{versionA, versionB}[(i+1)%2])
+		// The lock is still held: a second server with the pid file is refused.
+		if code, out := run(exe, args...); code != 1 || !strings.Contains(out, "another server is running") {
+			t.Errorf("a second server after upgrade %d: exit %d: %s", i+1, code, out)
+		}
+	}
+	load.Finish(t, "5 upgrades of a daemon")
+	if pid, gen, err := getPidGen(addr); err != nil || pid != w || gen != 1 {
+		t.Errorf("after the upgrades: worker %d gen %d err %v, want %d gen 1", pid, gen, err, w)
+	}
+	if code, out := run(exe, "stop", "--pid-file="+pidFile, "--timeout=10"); code != 0 {
+		t.Fatalf("stop: exit %d: %s", code, out)
+	}
+	if proc.Alive(daemon) || proc.Alive(w) {
+		t.Errorf("stop returned while the daemon (%v) or the worker (%v) is alive", proc.Alive(daemon), proc.Alive(w))
+	}
+	if fileExists(pidFile) || fileExists(pidFile+".upgrade") {
+		t.Errorf("pid file or upgrade result left behind")
+	}
+	waitFileContains(t, logFile, 3*time.Second, "upgraded from "+versionB+" to "+versionA, "exiting\n")
+}
+
+func readPid(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(data)))
+}
