@@ -137,7 +137,9 @@ func TestUpgradeUnderLoadKeepsEverything(t *testing.T) {
 	waitStatus(t, s.statusFile, statusLine(1, w), 5*time.Second)
 
 	load := httpLoad(s.addr)
-	var fds int
+	// Not one descriptor more than before: everything passed across an exec is
+	// either adopted or closed.
+	fds := proc.FDCount(s.pid)
 	const upgrades = 20
 	for i := range upgrades {
 		from, to := versionA, versionB
@@ -146,9 +148,6 @@ func TestUpgradeUnderLoadKeepsEverything(t *testing.T) {
 		}
 		install(t, bins[(i+1)%2], s.exe, 0o755)
 		mustUpgrade(t, s.pidFile, s.pid, from, to)
-		if i == 0 {
-			fds = proc.FDCount(s.pid)
-		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	load.Finish(t, fmt.Sprintf("%d upgrades", upgrades))
@@ -172,7 +171,7 @@ func TestUpgradeUnderLoadKeepsEverything(t *testing.T) {
 		t.Errorf("pid file %q, want the bridge's pid %d", data, s.pid)
 	}
 	if now := proc.FDCount(s.pid); now != fds {
-		t.Errorf("the bridge has %d descriptors open after %d upgrades, %d after the first", now, upgrades, fds)
+		t.Errorf("the bridge has %d descriptors open after %d upgrades, %d before", now, upgrades, fds)
 	}
 	if p := proc.Parent(w); p != s.pid {
 		t.Errorf("worker %d's parent is %d, not the bridge %d", w, p, s.pid)
@@ -262,17 +261,20 @@ func slowCandidate(t *testing.T, exe, bin, onExec string) {
 	installBytes(t, []byte(script), exe, 0o755)
 }
 
+// A HUP during the preflight starts a restart that the exec interrupts: the new image
+// carries it on (the new worker counts as started 3 s after its start, well after the
+// exec), and it is the one restart the HUP asked for.
 func TestUpgradeHUPDuringTheUpgradeRestartsOnce(t *testing.T) {
 	bins := upgradeBins(t)
-	s := startUpgradeServer(t, nil)
+	s := startUpgradeServer(t, []string{"--interval=3"})
 	w := s.worker(1, 10*time.Second)
 	waitServing(t, s.addr, 1, 10*time.Second)
+	waitStatus(t, s.statusFile, statusLine(1, w), 10*time.Second)
 	slowCandidate(t, s.exe, bins[1], ":")
 	load := httpLoad(s.addr)
 	done := make(chan runResult)
 	go func() { done <- upgradeCmd(t, s.pidFile) }()
 	s.waitLine(5*time.Second, `^received USR2`, 1)
-	s.signal(syscall.SIGHUP)
 	s.signal(syscall.SIGHUP)
 	res := <-done
 	if res.code != 0 || !strings.Contains(res.stdout, "to "+versionB) {
@@ -280,10 +282,12 @@ func TestUpgradeHUPDuringTheUpgradeRestartsOnce(t *testing.T) {
 	}
 	w2 := waitServing(t, s.addr, 2, 10*time.Second)
 	waitStatus(t, s.statusFile, statusLine(2, w2), 10*time.Second)
+	s.expectSequence(`^received USR2`, `^starting new worker `+strconv.Itoa(w2)+`$`, `^upgraded from `,
+		`^new worker is now running, sending TERM to old workers:`+strconv.Itoa(w)+`$`)
 	time.Sleep(1500 * time.Millisecond) // no second restart follows
-	load.Finish(t, "upgrade with HUPs")
+	load.Finish(t, "upgrade during a restart")
 	if n := s.count(`^starting new worker`); n != 2 {
-		t.Errorf("%d workers started, want 2: one restart for the HUPs", n)
+		t.Errorf("%d workers started, want 2: one restart for the HUP", n)
 	}
 	if !proc.WaitDead(w, 5*time.Second) {
 		t.Errorf("old worker %d still alive", w)
