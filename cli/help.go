@@ -214,17 +214,19 @@ Sends TERM to the server in --pid-file and waits until it has exited, like
   --help                    print this help
 `,
 	"upgrade": `Usage: ss-bridge upgrade --pid-file=file [--timeout=seconds]
+       ss-bridge upgrade [--user] [--timeout=seconds] UNIT
 
-Asks the server in --pid-file to replace its program with the file it was
-started from (SIGUSR2), in place: the same pid, workers, sockets, generation
-and files. The new program is first run as a preflight to check that it can
-take over; if not, the old one carries on. Prints the old and new versions and
-exits 0 once the new program serves; exit 1, with the reason, when the
-upgrade was refused or failed, or the timeout passed.
+Asks the server in --pid-file, or UNIT's main process (through systemd), to
+replace its program with the file it was started from (SIGUSR2), in place:
+the same pid, workers, sockets, generation and files. The new program is
+first run as a preflight to check that it can take over; if not, the old one
+carries on. Prints the old and new versions and exits 0 once the new program
+serves; exit 1, with the reason, when the upgrade was refused or failed, or
+the timeout passed.
 
-  --pid-file=file           the server's --pid-file (required)
+  --pid-file=file           the standalone server's --pid-file
+  --user                    a unit of the user's service manager
   --timeout=seconds         give up after this long (default 30)
-  --user                    (for a unit; not supported yet)
   --help                    print this help
 `,
 	"log": `Usage: ss-bridge log --log-file=file [--follow]

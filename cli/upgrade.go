@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/service"
@@ -76,7 +78,56 @@ func upgradeStandalone(o *Options) error {
 	}
 }
 
-// upgradeUnit is upgrade under systemd.
+// upgradedStatus and upgradeFailedStatus match the STATUS= of an attempt's
+// outcome (service.UpgradedStatus, service.UpgradeFailedStatus).
+var (
+	upgradedStatus      = regexp.MustCompile(`^upgraded from ss-bridge (\S+) to (\S+) \(upgrade #\d+\)$`)
+	upgradeFailedStatus = regexp.MustCompile(`^upgrade #\d+ failed: (.*)$`)
+)
+
+// upgradeUnit sends USR2 to the unit's main process through systemd and
+// waits for the STATUS= that says how the attempt ended. Each attempt's
+// status carries its number, so it differs from any status before it.
 func upgradeUnit(o *Options) error {
-	return errors.New("upgrading a unit is not supported yet; send SIGUSR2 with systemctl kill --kill-whom=main --signal=USR2")
+	unit := unitName(o.Command[0])
+	ctx, cancel := context.WithTimeout(context.Background(), o.Timeout)
+	defer cancel()
+	conn, err := connect(ctx, o.User)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	before, err := conn.Status(ctx, unit)
+	if err != nil {
+		return err
+	}
+	if before.ActiveState != "active" && before.ActiveState != "reloading" || before.MainPID == 0 {
+		return fmt.Errorf("%s is %s, not running", unit, before.ActiveState)
+	}
+	if err := conn.KillMain(ctx, unit, unix.SIGUSR2); err != nil {
+		return err
+	}
+	for {
+		st, err := conn.Status(ctx, unit)
+		if err != nil {
+			return err
+		}
+		if st.MainPID != before.MainPID {
+			return fmt.Errorf("%s: main pid %d is now %d (%s)", unit, before.MainPID, st.MainPID, st.ActiveState)
+		}
+		if st.StatusText != before.StatusText {
+			if m := upgradeFailedStatus.FindStringSubmatch(st.StatusText); m != nil {
+				return fmt.Errorf("%s (pid %d): %s", unit, st.MainPID, m[1])
+			}
+			if m := upgradedStatus.FindStringSubmatch(st.StatusText); m != nil && st.ActiveState == "active" {
+				fmt.Printf("%s: upgraded ss-bridge from %s to %s (pid %d unchanged)\n", unit, m[1], m[2], st.MainPID)
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: no outcome within %s (%s, status %q)", unit, o.Timeout, st.ActiveState, st.StatusText)
+		case <-time.After(pollEvery):
+		}
+	}
 }

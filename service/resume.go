@@ -96,7 +96,7 @@ func (srv *server) resumed(st State) {
 	from, to := st.Writer.Version, srv.c.Version
 	fmt.Fprintf(os.Stderr, "upgraded from %s to %s (pid %d unchanged)\n", from, to, os.Getpid())
 	if sd := srv.sd; sd.active() && sd.q != nil {
-		sd.q.Status("upgraded from ss-bridge " + from + " to " + to)
+		sd.q.Status(UpgradedStatus(srv.up.seq, from, to))
 		if sd.upgrading {
 			sd.upgrading = false
 			sd.q.State("READY=1")

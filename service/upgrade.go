@@ -101,6 +101,16 @@ type Result struct {
 	Error string `json:"error,omitempty"`
 }
 
+// UpgradedStatus and UpgradeFailedStatus are the STATUS= that tell systemd,
+// and `ss-bridge upgrade UNIT`, the outcome of upgrade attempt seq.
+func UpgradedStatus(seq int, from, to string) string {
+	return fmt.Sprintf("upgraded from ss-bridge %s to %s (upgrade #%d)", from, to, seq)
+}
+
+func UpgradeFailedStatus(seq int, why string) string {
+	return fmt.Sprintf("upgrade #%d failed: %s", seq, why)
+}
+
 // ReadResult reads the result file at path; a missing file is Seq 0.
 func ReadResult(path string) (Result, error) {
 	var r Result
@@ -334,7 +344,7 @@ func (srv *server) upgradeFailed(why string) {
 	srv.up.seq++
 	fmt.Fprintf(os.Stderr, "upgrade failed: %s\n", why)
 	if sd := srv.sd; sd.active() && sd.q != nil {
-		sd.q.Status("upgrade failed: " + why + "; " + sd.summary)
+		sd.q.Status(UpgradeFailedStatus(srv.up.seq, why) + "; " + sd.summary)
 	}
 	srv.writeResult(Result{Seq: srv.up.seq, OK: false, From: srv.c.Version, PID: os.Getpid(), Error: why})
 }
