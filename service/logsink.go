@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -84,6 +85,12 @@ func openLog(spec string) (*logSink, error) {
 
 // start runs the command on the pipe. Called with mu held, or before watch.
 func (l *logSink) start() error {
+	// The child gets the forking thread's signal mask. Threads that the
+	// runtime started after a self-upgrade have USR2 and ALRM blocked, as the
+	// exec left them; the command must not inherit that.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	unblockUpgradeSignals()
 	pidfd := -1
 	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", l.command}, &syscall.ProcAttr{
 		Env:   os.Environ(),

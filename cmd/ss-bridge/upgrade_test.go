@@ -446,3 +446,31 @@ func readPid(path string) (int, error) {
 	}
 	return strconv.Atoi(strings.TrimSpace(string(data)))
 }
+
+// The exec leaves USR2 and ALRM blocked on the main thread (so that one arriving then
+// waits for the new image); workers forked after an upgrade must not inherit that mask.
+func TestUpgradeWorkersStartWithNothingBlocked(t *testing.T) {
+	bins := upgradeBins(t)
+	s := startUpgradeServer(t, []string{"--interval=0"}, "sleep", "1000")
+	s.worker(1, 10*time.Second)
+	install(t, bins[1], s.exe, 0o755)
+	mustUpgrade(t, s.pidFile, s.pid, versionA, versionB)
+	s.signal(syscall.SIGHUP)
+	w := s.worker(2, 10*time.Second)
+	blocked := "unknown"
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", w)); strings.HasPrefix(string(cmdline), "sleep") {
+			status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", w))
+			for _, line := range strings.Split(string(status), "\n") {
+				if v, ok := strings.CutPrefix(line, "SigBlk:"); ok {
+					blocked = strings.TrimSpace(v)
+				}
+			}
+			break
+		}
+	}
+	if blocked != "0000000000000000" {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", w))
+		t.Errorf("worker %d started after the upgrade has signals blocked:\n%s", w, data)
+	}
+}
