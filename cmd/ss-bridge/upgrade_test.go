@@ -474,3 +474,29 @@ func TestUpgradeWorkersStartWithNothingBlocked(t *testing.T) {
 		t.Errorf("worker %d started after the upgrade has signals blocked:\n%s", w, data)
 	}
 }
+
+// With --ready=notify every worker has a notify socket of its own, which crosses the
+// exec: after the upgrades the bridge holds as many descriptors as before, the worker's
+// socket still works (its STOPPING=1 and exit are seen), and a new generation is still
+// started by its READY=1.
+func TestUpgradeCarriesTheNotifySockets(t *testing.T) {
+	bins := upgradeBins(t)
+	s := startUpgradeServer(t, []string{"--ready=notify", "--ready-timeout=10"}, goWorker("-ready")...)
+	w := s.worker(1, 10*time.Second)
+	waitStatus(t, s.statusFile, statusLine(1, w), 10*time.Second)
+	fds := proc.FDCount(s.pid)
+	for i := range 4 {
+		install(t, bins[(i+1)%2], s.exe, 0o755)
+		mustUpgrade(t, s.pidFile, s.pid, []string{versionA, versionB}[i%2], []string{versionA, versionB}[(i+1)%2])
+	}
+	if now := proc.FDCount(s.pid); now != fds {
+		t.Errorf("%d descriptors after the upgrades, %d before", now, fds)
+	}
+	s.signal(syscall.SIGHUP)
+	w2 := waitServing(t, s.addr, 2, 15*time.Second)
+	waitStatus(t, s.statusFile, statusLine(2, w2), 10*time.Second)
+	s.waitLine(10*time.Second, fmt.Sprintf(`^old worker %d died, status:0$`, w), 1)
+	if now := proc.FDCount(s.pid); now != fds {
+		t.Errorf("%d descriptors after the restart, %d before", now, fds)
+	}
+}
