@@ -326,10 +326,7 @@ func TestUpgradeTERMDuringTheUpgradeStops(t *testing.T) {
 // to no handler: the new image reaps it, reports it and starts another.
 func TestUpgradeReapsAWorkerThatExitedDuringTheExec(t *testing.T) {
 	bins := upgradeBins(t)
-	execkill := filepath.Join(e2eBinDir, "execkill")
-	if err := e2eGoBuild("./testdata/execkill", execkill); err != nil {
-		t.Fatal(err)
-	}
+	execkill := execKill(t)
 	dir := t.TempDir()
 	exe, pidFile, killFile := filepath.Join(dir, "ss-bridge"), filepath.Join(dir, "pid"), filepath.Join(dir, "kill")
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -499,4 +496,114 @@ func TestUpgradeCarriesTheNotifySockets(t *testing.T) {
 	if now := proc.FDCount(s.pid); now != fds {
 		t.Errorf("%d descriptors after the restart, %d before", now, fds)
 	}
+}
+
+// Upgrades and HUPs at random offsets from each other, under load: no request fails, every
+// HUP makes a newer generation serve, and the bridge ends with one worker, no zombie and
+// the descriptors it started with. A HUP that lands in the instant of the exec itself is
+// lost (SIG_IGN, see the README); it is then sent again and counted.
+func TestUpgradesInterleavedWithHUPs(t *testing.T) {
+	bins := upgradeBins(t)
+	s := startUpgradeServer(t, []string{"--interval=0"})
+	s.worker(1, 10*time.Second)
+	waitServing(t, s.addr, 1, 10*time.Second)
+	fds := proc.FDCount(s.pid)
+	load := httpLoad(s.addr)
+	gen, lost := 1, 0
+	const rounds = 10
+	for i := range rounds {
+		install(t, bins[(i+1)%2], s.exe, 0o755)
+		done := make(chan runResult)
+		go func() { done <- upgradeCmd(t, s.pidFile) }()
+		time.Sleep(time.Duration(i*13%90) * time.Millisecond)
+		s.signal(syscall.SIGHUP)
+		if res := <-done; res.code != 0 {
+			t.Fatalf("upgrade %d: exit %d, %q %q", i+1, res.code, res.stdout, res.stderr)
+		}
+		for try := 0; ; try++ {
+			if _, g, err := getPidGen(s.addr); err == nil && g > gen {
+				gen = g
+				break
+			}
+			if try == 100 { // 2 s
+				lost++
+				s.signal(syscall.SIGHUP)
+			}
+			if try > 500 {
+				t.Fatalf("round %d: no generation newer than %d serves", i+1, gen)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	load.Finish(t, fmt.Sprintf("%d upgrades interleaved with HUPs", rounds))
+	t.Logf("%d of %d HUPs were lost in the exec and sent again", lost, rounds)
+	w := waitServing(t, s.addr, gen, 10*time.Second)
+	waitStatus(t, s.statusFile, statusLine(gen, w), 10*time.Second)
+	for _, st := range proc.Children(s.pid) {
+		if st.PID != w {
+			t.Errorf("the bridge has a child %d (state %c) besides its worker %d", st.PID, st.State, w)
+		}
+	}
+	if now := proc.FDCount(s.pid); now != fds {
+		t.Errorf("%d descriptors after the rounds, %d before", now, fds)
+	}
+}
+
+var (
+	execKillBuild sync.Once
+	execKillErr   error
+)
+
+// execKill builds testdata/execkill once.
+func execKill(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(e2eBinDir, "execkill")
+	execKillBuild.Do(func() { execKillErr = e2eGoBuild("./testdata/execkill", bin) })
+	if execKillErr != nil {
+		t.Fatal(execKillErr)
+	}
+	return bin
+}
+
+// A HUP sent while the process is between two images is lost: HUP is ignored then, as
+// a pending one would kill the new image. --restart sees the upgrade end meanwhile (the
+// result file) and sends its HUP again, so it still returns with the new generation.
+func TestRestartResendsAHUPLostInAnUpgrade(t *testing.T) {
+	bins := upgradeBins(t)
+	dir := t.TempDir()
+	exe, pidFile, statusFile := filepath.Join(dir, "ss-bridge"), filepath.Join(dir, "pid"), filepath.Join(dir, "status")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	install(t, bins[0], exe, 0o755)
+	b := startBridgeWith(t, bridgeConfig{bin: exe, env: []string{"EXECKILL_BINARY=" + bins[1]}},
+		cmdArgs([]string{"--port=" + addr, "--pid-file=" + pidFile, "--status-file=" + statusFile, "--interval=0"}, goWorker())...)
+	w := b.worker(1, 10*time.Second)
+	waitStatus(t, statusFile, statusLine(1, w), 10*time.Second)
+	ek := execKill(t)
+	install(t, ek, exe, 0o755)
+	done := make(chan runResult)
+	go func() { done <- upgradeCmd(t, pidFile) }()
+	// The stand-in sleeps 300 ms between the images: wait until the process runs it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if isFile(fmt.Sprintf("/proc/%d/exe", b.pid), exe) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the bridge never ran the stand-in")
+		}
+	}
+	res := runBridgeCmd(t, 20*time.Second, nil, "--restart", "--pid-file="+pidFile, "--status-file="+statusFile, "--timeout=10")
+	if res.code != 0 {
+		t.Errorf("--restart during the upgrade: exit %d, %q", res.code, res.stderr)
+	}
+	if up := <-done; up.code != 0 {
+		t.Errorf("upgrade: exit %d, %q %q", up.code, up.stdout, up.stderr)
+	}
+	waitServing(t, addr, 2, 10*time.Second)
+}
+
+// isFile reports whether path is the same file as other.
+func isFile(path, other string) bool {
+	a, err1 := os.Stat(path)
+	b, err2 := os.Stat(other)
+	return err1 == nil && err2 == nil && os.SameFile(a, b)
 }

@@ -1,7 +1,8 @@
 // execkill stands in for ss-bridge as the candidate of a self-upgrade: in the preflight it
 // runs the real binary at once; in the exec itself it first SIGKILLs the pid written in
-// $EXECKILL_PIDFILE and waits, so that a worker exits while the process runs neither
-// ss-bridge image, and then executes the real binary ($EXECKILL_BINARY) in its place.
+// $EXECKILL_PIDFILE, if any, and waits 300 ms, so that a worker exits (or a signal
+// arrives) while the process runs neither ss-bridge image, and then executes the real
+// binary ($EXECKILL_BINARY) in its place.
 package main
 
 import (
@@ -24,8 +25,8 @@ func main() {
 		data, err := os.ReadFile(os.Getenv("EXECKILL_PIDFILE"))
 		if pid, perr := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && perr == nil {
 			syscall.Kill(pid, syscall.SIGKILL)
-			time.Sleep(300 * time.Millisecond)
 		}
+		time.Sleep(300 * time.Millisecond)
 	}
 	err := syscall.Exec(bin, os.Args, os.Environ())
 	fmt.Fprintf(os.Stderr, "execkill: %v\n", err)
