@@ -126,6 +126,8 @@ func TestPreflightAnswers(t *testing.T) {
 		{"other socket", func(c *Config) { c.Specs[0].Key = "9090" }, string(data), "error: state's socket 0 is 127.0.0.1:8080, the command line's 9090\n", 1},
 		{"worker gone", func(c *Config) { c.Supervisor.Command = []string{dir + "/gone"} }, string(data), "error: server program " + dir + "/gone: no such file or directory\n", 1},
 		{"no state", func(c *Config) {}, "", "error: state: unexpected end of JSON input\n", 1},
+		{"two serving workers", func(c *Config) {}, strings.Replace(string(data), `"role": "current"`, `"role": "current"}, {"pid": 2002, "gen": 6, "role": "current"`, 1),
+			"error: supervisor state: two workers are current\n", 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := base

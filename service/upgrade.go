@@ -578,6 +578,9 @@ func preflightCheck(c Config, in io.Reader) error {
 	if err != nil {
 		return err
 	}
+	if err := st.Supervisor.Check(); err != nil {
+		return err
+	}
 	if len(st.Sockets) < len(c.Specs) {
 		return fmt.Errorf("state has %d sockets, the command line asks for %d", len(st.Sockets), len(c.Specs))
 	}
