@@ -81,8 +81,8 @@ func upgradeStandalone(o *Options) error {
 // upgradedStatus and upgradeFailedStatus match the STATUS= of an attempt's
 // outcome (service.UpgradedStatus, service.UpgradeFailedStatus).
 var (
-	upgradedStatus      = regexp.MustCompile(`^upgraded from ss-bridge (\S+) to (\S+) \(upgrade #\d+\)$`)
-	upgradeFailedStatus = regexp.MustCompile(`^upgrade #\d+ failed: (.*)$`)
+	upgradedStatus      = regexp.MustCompile(`^upgraded from ss-bridge (\S+) to (\S+) \(upgrade #\d+\)(;|$)`)
+	upgradeFailedStatus = regexp.MustCompile(`^upgrade #\d+ failed: (.*?)(; generation|$)`)
 )
 
 // upgradeUnit sends USR2 to the unit's main process through systemd and

@@ -44,6 +44,7 @@ func resume(c Config, signals supervisor.Signals, fd int) error {
 		readySent: st.Systemd.ReadySent,
 		reloading: st.Systemd.Reloading,
 		upgrading: st.Systemd.Upgrading,
+		summary:   st.Systemd.Summary,
 	}
 	cfg := c.Supervisor
 	cfg.Env = append(os.Environ(), c.Env...)
@@ -96,7 +97,7 @@ func (srv *server) resumed(st State) {
 	from, to := st.Writer.Version, srv.c.Version
 	fmt.Fprintf(os.Stderr, "upgraded from %s to %s (pid %d unchanged)\n", from, to, os.Getpid())
 	if sd := srv.sd; sd.active() && sd.q != nil {
-		sd.q.Status(UpgradedStatus(srv.up.seq, from, to))
+		sd.q.Status(sd.withSummary(UpgradedStatus(srv.up.seq, from, to)))
 		if sd.upgrading {
 			sd.upgrading = false
 			sd.q.State("READY=1")

@@ -23,7 +23,8 @@ import (
 //	 "pid_file":{"path":"/run/x.pid", "fd":5},
 //	 "log":{"fd":7, "fallback_fd":6, "redirected":true, "command":"logger", "read_end":8, "pid":4321},
 //	 "systemd":{"notify_socket":"/run/systemd/notify", "watchdog_usec":0, "fd_store":false,
-//	            "ready_sent":true, "reloading":false, "upgrading":true},
+//	            "ready_sent":true, "reloading":false, "upgrading":true,
+//	            "summary":"generation 7 (pid 2001) serving"},
 //	 "supervisor":{...see supervisor.State...},
 //	 "pending":{"hup":false, "stop":""},
 //	 "upgrade":{"seq":3}}
@@ -116,6 +117,10 @@ type SystemdState struct {
 	ReadySent    bool   `json:"ready_sent"`
 	Reloading    bool   `json:"reloading"`
 	Upgrading    bool   `json:"upgrading"`
+	// Summary is the last STATUS= account of the generations, which the new
+	// image repeats after its own status, so that the serving generation
+	// stays readable there (units.ParseServing).
+	Summary string `json:"summary,omitempty"`
 }
 
 // PendingState are the signals received and not yet acted on.

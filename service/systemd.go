@@ -180,6 +180,15 @@ func (sd *systemd) observer(startWait time.Duration) func(supervisor.Event) {
 	}
 }
 
+// withSummary is text followed by the last account of the generations, in
+// which ss-bridge reload and status find the serving one.
+func (sd *systemd) withSummary(text string) string {
+	if sd.summary == "" {
+		return text
+	}
+	return text + "; " + sd.summary
+}
+
 func errText(e supervisor.Event) string {
 	if e.Err != nil {
 		return e.Err.Error()

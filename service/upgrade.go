@@ -344,7 +344,7 @@ func (srv *server) upgradeFailed(why string) {
 	srv.up.seq++
 	fmt.Fprintf(os.Stderr, "upgrade failed: %s\n", why)
 	if sd := srv.sd; sd.active() && sd.q != nil {
-		sd.q.Status(UpgradeFailedStatus(srv.up.seq, why) + "; " + sd.summary)
+		sd.q.Status(sd.withSummary(UpgradeFailedStatus(srv.up.seq, why)))
 	}
 	srv.writeResult(Result{Seq: srv.up.seq, OK: false, From: srv.c.Version, PID: os.Getpid(), Error: why})
 }
@@ -368,7 +368,7 @@ func (srv *server) execUpgrade(version string) {
 	if sd.active() && sd.q != nil {
 		if !sd.reloading {
 			sd.upgrading = true
-			sd.q.Status("upgrading to ss-bridge " + version)
+			sd.q.Status(sd.withSummary("upgrading to ss-bridge " + version))
 			sd.q.State("RELOADING=1")
 		}
 		sd.q.Watchdog()
@@ -528,6 +528,7 @@ func (srv *server) snapshot(pending PendingState) State {
 		ReadySent:    sd.readySent,
 		Reloading:    sd.reloading,
 		Upgrading:    sd.upgrading,
+		Summary:      sd.summary,
 	}
 	return st
 }

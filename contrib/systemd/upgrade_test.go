@@ -106,12 +106,20 @@ func TestUpgradeUnitUnderLoad(t *testing.T) {
 	if pid, g := r.ask(); pid != worker || g != gen {
 		t.Errorf("after the upgrades: worker %d gen %d, want %d gen %d", pid, g, worker, gen)
 	}
+	// The status still names the serving generation, for ss-bridge reload and status.
+	if st := r.property("app.service", "StatusText"); !strings.HasSuffix(st, fmt.Sprintf("; generation %d (pid %d) serving", gen, worker)) {
+		t.Errorf("StatusText %q does not name generation %d (pid %d) serving", st, gen, worker)
+	}
 	if n := strings.Count(r.journal("app.service"), "upgraded from"); n != upgrades {
 		t.Errorf("%d \"upgraded from\" lines in the journal, want %d", n, upgrades)
 	}
+	// ss-bridge reload reads the serving generation from the status an upgrade left.
+	if out, err := r.c.Exec(r.bridge, "reload", "app.service"); err != nil || !strings.HasPrefix(out, fmt.Sprintf("app.service reloaded: generation %d ", gen+1)) {
+		t.Errorf("ss-bridge reload after the upgrades: %v %q", err, out)
+	}
 	r.systemctl("reload", "app.service")
-	if pid, g := r.ask(); pid == worker || g != gen+1 {
-		t.Errorf("after systemctl reload: worker %d gen %d, want a new worker of gen %d", pid, g, gen+1)
+	if pid, g := r.ask(); pid == worker || g != gen+2 {
+		t.Errorf("after systemctl reload: worker %d gen %d, want a new worker of gen %d", pid, g, gen+2)
 	}
 	if m := r.mainPID("app.service"); m != main {
 		t.Errorf("MainPID %d after the reload, was %d", m, main)
