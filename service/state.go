@@ -19,6 +19,7 @@ import (
 //	{"format":"ss-bridge-state", "version":1,
 //	 "writer":{"version":"0.1.0", "pid":1234},
 //	 "exe":"/usr/bin/ss-bridge", "exe_fd":{"fd":9, "file":{"Dev":2049, "Ino":1234}},
+//	 "rollback":{"fd":10, "file":{"Dev":2049, "Ino":1200}},
 //	 "sockets":[{"spec":{"Key":"8080", ...}, "fd":3, "inherited":false, "owned_file":null}],
 //	 "pid_file":{"path":"/run/x.pid", "fd":5},
 //	 "log":{"fd":7, "fallback_fd":6, "redirected":true, "command":"logger", "read_end":8, "pid":4321},
@@ -39,6 +40,9 @@ import (
 //     next upgrade finds its program.
 //   - exe_fd: the descriptor of the program executed, and its file's
 //     identity; the new image closes it if it is still open and that file.
+//   - rollback: the old image's program, open, and its identity: a new
+//     image that cannot resume executes it with the same state, and the old
+//     program carries on (and reports the failure). Closed once resumed.
 //   - sockets: the listening sockets in the order the workers get them:
 //     their spec (activation.Spec), descriptor, whether systemd passed them,
 //     and the identity of the unix socket file the server removes at exit.
@@ -61,6 +65,7 @@ type State struct {
 	Writer     WriterState      `json:"writer"`
 	Exe        string           `json:"exe"`
 	ExeFD      *ExeFDState      `json:"exe_fd,omitempty"`
+	Rollback   *ExeFDState      `json:"rollback,omitempty"`
 	Sockets    []SocketState    `json:"sockets"`
 	PidFile    *PidFileState    `json:"pid_file,omitempty"`
 	Log        *LogState        `json:"log,omitempty"`

@@ -28,7 +28,7 @@ func TestStateV1IsRead(t *testing.T) {
 	if st.Exe != "/usr/bin/ss-bridge" || len(st.Sockets) != 2 || st.Sockets[1].OwnedFile == nil ||
 		*st.Sockets[1].OwnedFile != (activation.FileID{Dev: 25, Ino: 1042}) || st.PidFile.FD != 5 ||
 		st.Log.PID != 1240 || !st.Systemd.Upgrading || st.Systemd.WatchdogUSec != 30000000 ||
-		st.Supervisor.Generation != 7 || !st.Pending.HUP || st.Upgrade.Seq != 3 || st.ExeFD.FD != 11 {
+		st.Supervisor.Generation != 7 || !st.Pending.HUP || st.Upgrade.Seq != 3 || st.ExeFD.FD != 11 || st.Rollback.File.Ino != 393001 {
 		t.Errorf("decoded %+v", st)
 	}
 	if got, want := st.FDs(), []int{3, 4, 5, 7, 6, 8, 12}; !slices.Equal(got, want) {

@@ -401,6 +401,15 @@ func (srv *server) execUpgrade(version string) {
 	if err := unix.Fstat(int(u.cand.Fd()), &cand); err == nil {
 		st.ExeFD = &ExeFDState{FD: int(u.cand.Fd()), File: activation.FileID{Dev: uint64(cand.Dev), Ino: cand.Ino}}
 	}
+	// Our own program, even if its file was replaced or removed since: what
+	// a new image that cannot resume goes back to.
+	if self, err := os.Open("/proc/self/exe"); err == nil {
+		defer self.Close()
+		var fst unix.Stat_t
+		if unix.Fstat(int(self.Fd()), &fst) == nil {
+			st.Rollback = &ExeFDState{FD: int(self.Fd()), File: activation.FileID{Dev: uint64(fst.Dev), Ino: fst.Ino}}
+		}
+	}
 	err := srv.exec(st)
 	// Still here: the old image carries on.
 	rearmHUP()
@@ -456,6 +465,9 @@ func (srv *server) exec(st State) error {
 		// A script reads itself from /dev/fd/N once the kernel has
 		// started its interpreter.
 		fds = append(fds, cand)
+	}
+	if st.Rollback != nil {
+		fds = append(fds, st.Rollback.FD)
 	}
 	path := fmt.Sprintf("/proc/self/fd/%d", cand)
 	// No fork may inherit the descriptors while they are inheritable: a

@@ -607,3 +607,47 @@ func isFile(path, other string) bool {
 	b, err2 := os.Stat(other)
 	return err1 == nil && err2 == nil && os.SameFile(a, b)
 }
+
+// A new program that passes the preflight but cannot resume after the exec (built to fail
+// there, with service.failResume) executes the old program again, from the descriptor the
+// old image left open (its file was replaced), with the same state: the old program
+// carries on, under load, with the same pid and worker, and the upgrade fails with the
+// reason.
+func TestUpgradeRollsBackWhenTheNewProgramCannotResume(t *testing.T) {
+	bins := upgradeBins(t)
+	broken := filepath.Join(e2eBinDir, "ss-bridge-broken")
+	brokenBuild.Do(func() {
+		flags := append(testkit.RaceFlags(), "-ldflags=-X github.com/ss-bridge/ss-bridge/cli.version=9.0.0-broken"+
+			" -X 'github.com/ss-bridge/ss-bridge/service.failResume=injected failure'")
+		brokenErr = e2eGoBuild("../../cmd/ss-bridge", broken, flags...)
+	})
+	if brokenErr != nil {
+		t.Fatal(brokenErr)
+	}
+	s := startUpgradeServer(t, nil)
+	w := s.worker(1, 10*time.Second)
+	waitServing(t, s.addr, 1, 10*time.Second)
+	fds := proc.FDCount(s.pid)
+	load := httpLoad(s.addr)
+	install(t, broken, s.exe, 0o755)
+	res := upgradeCmd(t, s.pidFile)
+	want := "after the exec: resume after an upgrade: injected failure; rolled back to " + versionA
+	if res.code != 1 || !strings.Contains(res.stderr, want) {
+		t.Errorf("upgrade: exit %d, stderr %q; want 1 and %q", res.code, res.stderr, want)
+	}
+	s.waitLine(5*time.Second, `^upgrade failed after the exec: .*; rolled back to `+regexpQuote(versionA)+` \(pid `+strconv.Itoa(s.pid)+` unchanged\)$`, 1)
+	install(t, bins[1], s.exe, 0o755)
+	mustUpgrade(t, s.pidFile, s.pid, versionA, versionB)
+	load.Finish(t, "a rolled back upgrade and a good one")
+	if pid, gen, err := getPidGen(s.addr); err != nil || pid != w || gen != 1 {
+		t.Errorf("worker %d gen %d err %v, want %d gen 1", pid, gen, err, w)
+	}
+	if now := proc.FDCount(s.pid); now != fds {
+		t.Errorf("%d descriptors after the rollback and an upgrade, %d before", now, fds)
+	}
+}
+
+var (
+	brokenBuild sync.Once
+	brokenErr   error
+)
