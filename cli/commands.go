@@ -24,11 +24,12 @@ import (
 // commands are ss-bridge's leading words. start_server has none, and a
 // worker named like one still runs after "--".
 var commands = map[string]func(args []string) int{
-	"unit":   unitCommand,
-	"reload": reloadCommand,
-	"status": statusCommand,
-	"stop":   stopCommand,
-	"log":    logCommand,
+	"unit":    unitCommand,
+	"reload":  reloadCommand,
+	"status":  statusCommand,
+	"stop":    stopCommand,
+	"log":     logCommand,
+	"upgrade": upgradeCommand,
 }
 
 // busTimeout bounds connecting to D-Bus and each call that is not a job.

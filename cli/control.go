@@ -103,6 +103,11 @@ func restartServer(o *Options) error {
 		return fmt.Errorf("no active process found in the status file %s", o.StatusFile)
 	}
 	newest := gens[len(gens)-1]
+	// A HUP that arrives in the exec of a self-upgrade is lost: send it again
+	// when an upgrade has ended meanwhile. A second HUP costs at most one
+	// more restart.
+	results := service.ResultFile(o.PidFile)
+	upgrades, _ := service.ReadResult(results)
 	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
 		return fmt.Errorf("send HUP to the server (pid %d): %w", pid, err)
 	}
@@ -111,6 +116,10 @@ func restartServer(o *Options) error {
 		gens, err := readGenerations(o.StatusFile)
 		if err == nil && len(gens) == 1 && gens[0] > newest {
 			return nil
+		}
+		if r, err := service.ReadResult(results); err == nil && r.Seq != upgrades.Seq {
+			upgrades = r
+			unix.Kill(pid, unix.SIGHUP)
 		}
 		if held, _ := service.Locked(f); !held {
 			return fmt.Errorf("server (pid %d) exited before the new generation started", pid)

@@ -128,6 +128,7 @@ Commands:
   reload    reload a unit and wait for its new generation
   status    say whether a unit or a standalone server runs, and its generations
   stop      stop a standalone server, with --timeout and --force
+  upgrade   replace a running server's program in place (same pid and workers)
   log       print (and follow) a --log-file
   help      print this help, or a command's (ss-bridge help COMMAND)
 
@@ -141,7 +142,8 @@ Environment:
   and with --ready=notify or --worker-watchdog a NOTIFY_SOCKET of their own.
 
 Signals: HUP starts a new generation; TERM, INT and QUIT stop every
-generation and exit. See ss-bridge(1) for everything.
+generation and exit; USR2 upgrades ss-bridge in place. See ss-bridge(1) for
+everything.
 `
 
 // commandUsage is each command's --help, and what "ss-bridge help COMMAND"
@@ -217,6 +219,22 @@ Sends TERM to the server in --pid-file and waits until it has exited, like
   --force                   with --timeout: SIGKILL the server and its workers
                             instead of giving up, and remove the files they
                             leave
+  --help                    print this help
+`,
+	"upgrade": `Usage: ss-bridge upgrade --pid-file=file [--timeout=seconds]
+       ss-bridge upgrade [--user] [--timeout=seconds] UNIT
+
+Asks the server in --pid-file, or UNIT's main process (through systemd), to
+replace its program with the file it was started from (SIGUSR2), in place:
+the same pid, workers, sockets, generation and files. The new program is
+first run as a preflight to check that it can take over; if not, the old one
+carries on. Prints the old and new versions and exits 0 once the new program
+serves; exit 1, with the reason, when the upgrade was refused or failed, or
+the timeout passed.
+
+  --pid-file=file           the standalone server's --pid-file
+  --user                    a unit of the user's service manager
+  --timeout=seconds         give up after this long (default 30)
   --help                    print this help
 `,
 	"log": `Usage: ss-bridge log --log-file=file [--follow]

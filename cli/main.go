@@ -69,6 +69,9 @@ func Main(args []string) int {
 		}
 		return 0
 	}
+	if service.InPreflight() {
+		return preflight(o)
+	}
 	if err := serve(o); err != nil {
 		return fail(err)
 	}

@@ -39,6 +39,21 @@ func serve(o *Options) error {
 	return service.Run(c, signals)
 }
 
+// preflight answers, as the candidate of a self-upgrade, whether this
+// ss-bridge can resume the server the options describe from the state on
+// stdin (see service.Preflight).
+func preflight(o *Options) int {
+	c, err := configure(o)
+	if err == nil && len(o.Command) == 0 {
+		err = errors.New("server program not specified")
+	}
+	if err != nil {
+		fmt.Printf("error: %v\n", err)
+		return 1
+	}
+	return service.Preflight(c, os.Stdin, os.Stdout)
+}
+
 // configure turns the options into the server's configuration, checking
 // every value so that bad input fails before anything is bound or started.
 func configure(o *Options) (service.Config, error) {
@@ -64,6 +79,7 @@ func configure(o *Options) (service.Config, error) {
 		LogFile:   o.LogFile,
 		Daemonize: o.Daemonize,
 		ListenFDs: o.ListenFDs,
+		Version:   Version(),
 	}
 	cfg := &c.Supervisor
 	if o.Workers == 0 && (o.Rolling || o.MaxSurge != 0) {

@@ -249,3 +249,20 @@ func (m *Manager) sendmsg(msg []byte, fds []int) error {
 		}
 	}
 }
+
+// Settings returns what FromEnv read: the NOTIFY_SOCKET address ("" for
+// none) and WATCHDOG_USEC (0 for none), for a Manager to be made again with
+// NewManager once the environment no longer holds them (across an execve
+// of this process).
+func (m *Manager) Settings() (addr string, watchdog time.Duration) {
+	if m == nil {
+		return "", 0
+	}
+	return m.addr, m.watchdog
+}
+
+// NewManager returns the Manager that FromEnv returned when Settings gave
+// addr and watchdog.
+func NewManager(addr string, watchdog time.Duration) *Manager {
+	return &Manager{addr: addr, watchdog: watchdog}
+}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,6 +86,12 @@ func openLog(spec string) (*logSink, error) {
 
 // start runs the command on the pipe. Called with mu held, or before watch.
 func (l *logSink) start() error {
+	// The child gets the forking thread's signal mask. Threads that the
+	// runtime started after a self-upgrade have USR2 and ALRM blocked, as the
+	// exec left them; the command must not inherit that.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	unblockUpgradeSignals()
 	pidfd := -1
 	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", l.command}, &syscall.ProcAttr{
 		Env:   os.Environ(),
@@ -419,4 +426,41 @@ func (w *lossyWriter) close() {
 	defer w.mu.Unlock()
 	w.flush()
 	w.f.Close()
+}
+
+// snapshot is the log in a State.
+func (l *logSink) snapshot() *LogState {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := &LogState{FD: l.fd, FallbackFD: int(l.fallback.Fd()), Redirected: l.redirected}
+	if l.command != "" {
+		st.Command, st.ReadEnd, st.PID = l.command, l.readEnd, l.pid
+	}
+	return st
+}
+
+// adoptLog takes over the log an earlier image of this process had open,
+// and watches its command again.
+func adoptLog(st *LogState) *logSink {
+	for _, fd := range []int{st.FD, st.FallbackFD, st.ReadEnd} {
+		if fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
+	l := &logSink{fd: st.FD, fallback: os.NewFile(uintptr(st.FallbackFD), "stderr"), redirected: st.Redirected,
+		command: st.Command, readEnd: st.ReadEnd, pid: st.PID, started: time.Now(), backoff: logRestartMin}
+	if l.command == "" {
+		return l
+	}
+	// Our child still, or a zombie the loop has not reaped yet: the pid
+	// cannot have been reused.
+	pidfd, err := unix.PidfdOpen(st.PID, 0)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ss-bridge: watch log command %q (pid %d): %v\n", l.command, st.PID, err)
+		return l
+	}
+	unix.CloseOnExec(pidfd)
+	unix.SetNonblock(pidfd, true)
+	l.pidfd = os.NewFile(uintptr(pidfd), "pidfd")
+	return l
 }

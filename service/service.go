@@ -40,6 +40,8 @@ type Config struct {
 	// ListenFDs passes the sockets as systemd does (LISTEN_FDS and
 	// descriptors 3 and up) rather than as SERVER_STARTER_PORT says.
 	ListenFDs bool
+	// Version is ss-bridge's version, which a self-upgrade reports.
+	Version string
 }
 
 // Run runs the server until TERM, INT or QUIT arrives on signals (from
@@ -62,6 +64,13 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 	// restart's garbage double RSS (4 to 9 MB over 1,000 restarts) before a
 	// collection. Collecting sooner costs nothing measurable.
 	debug.SetGCPercent(20)
+	// A self-upgrade execs with USR2 and ALRM blocked on this thread, so
+	// that one arriving then stays pending for the new image; the workers
+	// forked from this thread would inherit the mask.
+	unblockUpgradeSignals()
+	if fd, ok := resumeFD(); ok {
+		return resume(c, signals, fd)
+	}
 
 	daemon := os.Getenv(daemonStageEnv) == "2"
 	os.Unsetenv(daemonStageEnv)
@@ -79,6 +88,12 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 		}()
 	}
 	sd, err := takeSystemd()
+	if err != nil {
+		return err
+	}
+	// Resolved now: by the time of an upgrade, a package manager may have
+	// replaced the file, and the path is what names the new program.
+	exe, err := executable()
 	if err != nil {
 		return err
 	}
@@ -179,18 +194,52 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 		}
 		defer pid.release()
 	}
+	// A result left by a server that crashed would look like an outcome of
+	// our first upgrade.
+	if c.PidFile != "" {
+		os.Remove(ResultFile(c.PidFile))
+	}
 
+	srv := &server{c: c, signals: signals, sd: sd, pid: pid, log: log, socks: socks, ready: ready, exe: exe}
+	return srv.run(cfg, supervisor.New)
+}
+
+// server is a running server: the one owner of everything a self-upgrade
+// hands over to the next image of this process (see State).
+type server struct {
+	c       Config
+	signals supervisor.Signals
+	sd      *systemd
+	pid     *pidFile
+	log     *logSink
+	socks   []activation.Socket
+	ready   *daemonReady // in the daemon of --daemonize, until it has said so
+	// exe is the absolute path we were started from, where an upgrade
+	// finds the new program image.
+	exe string
+	sup *supervisor.Supervisor
+	// tasks run on the supervisor's loop (see supervisor.Config.Tasks).
+	tasks chan func()
+	done  chan struct{} // closed when the loop has returned
+	up    upgrade
+}
+
+// run wires the supervisor to the sockets, systemd and the daemon's parent,
+// makes it with start (supervisor.New, or Restore for a resumed image) and
+// runs it until it stops.
+func (srv *server) run(cfg supervisor.Config, start func(supervisor.Config) (*supervisor.Supervisor, error)) error {
+	c, sd := srv.c, srv.sd
 	if c.ListenFDs {
-		if err := listenFDsCommand(&cfg, socks); err != nil {
+		if err := listenFDsCommand(&cfg, srv.socks); err != nil {
 			return err
 		}
 	} else {
-		cfg.PortEnv = activation.PortEnv(socks)
-		cfg.Files = activation.Files(socks)
+		cfg.PortEnv = activation.PortEnv(srv.socks)
+		cfg.Files = activation.Files(srv.socks)
 	}
 	var observers []func(supervisor.Event)
-	if daemon {
-		observers = append(observers, ready.observer(c.LogFile))
+	if srv.ready != nil {
+		observers = append(observers, srv.ready.observer(c.LogFile))
 	}
 	if sd.active() {
 		cfg.NotifySockets = true
@@ -201,29 +250,38 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 		if cfg.ReadyByNotify {
 			startWait = cfg.ReadyTimeout
 		}
-		queue := sd.queue()
+		sd.q = sd.queue()
 		// STOPPING=1 and the last status should reach systemd, but a stuck
 		// systemd must not keep us from exiting.
 		defer func() {
-			if err := queue.Close(notifyFlushTimeout); err != nil {
+			if err := sd.q.Close(notifyFlushTimeout); err != nil {
 				fmt.Fprintf(os.Stderr, "sd_notify: %v\n", err)
 			}
 		}()
-		observers = append(observers, sd.observer(queue, startWait))
+		observers = append(observers, sd.observer(startWait))
 	}
 	cfg.Observer = func(e supervisor.Event) {
 		for _, o := range observers {
 			o(e)
 		}
 	}
-	if log != nil {
-		cfg.Log = log.ownWriter()
+	if srv.log != nil {
+		cfg.Log = srv.log.ownWriter()
 	}
-	sup, err := supervisor.New(cfg)
+	srv.tasks = make(chan func(), 4)
+	srv.done = make(chan struct{})
+	defer close(srv.done)
+	cfg.Tasks = srv.tasks
+	cfg.OtherChild = srv.otherChild
+	sup, err := start(cfg)
 	if err != nil {
 		return err
 	}
-	return sup.Run(signals)
+	srv.sup = sup
+	go srv.forwardUpgrades()
+	defer srv.removeResult()
+	defer srv.up.abandon()
+	return sup.Run(srv.signals)
 }
 
 // checkWritable fails when the status file could not be written, by creating

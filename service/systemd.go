@@ -31,6 +31,16 @@ type systemd struct {
 	manager   *notify.Manager // no-op without NOTIFY_SOCKET
 	inherited []activation.Inherited
 	fdStore   bool // FileDescriptorStoreMax= > 0 and NOTIFY_SOCKET set
+
+	// What the observer has told systemd, which a self-upgrade carries over:
+	// READY=1 was sent; a RELOADING=1 waits for its READY=1.
+	readySent, reloading bool
+	// upgrading: a self-upgrade sent RELOADING=1, which the new image ends.
+	upgrading bool
+	// summary is the last account of the generations, for STATUS=.
+	summary string
+	// q sends to systemd for the supervisor's loop.
+	q *notify.Queue
 }
 
 // takeSystemd reads what systemd passed and removes it from our environment,
@@ -108,7 +118,7 @@ func (sd *systemd) queue() *notify.Queue {
 	return sd.manager.Queue(func(err error) { failed.Log(err.Error()) })
 }
 
-// observer reports the supervisor's events to systemd through q: READY=1
+// observer reports the supervisor's events to systemd through sd.q: READY=1
 // when the first generation serves; RELOADING=1 on a restart and READY=1
 // when it is done, or has failed while the old generation keeps serving;
 // STOPPING=1; WATCHDOG=1 on every heartbeat; STATUS= with every change.
@@ -117,42 +127,43 @@ func (sd *systemd) queue() *notify.Queue {
 // describes it: a status too long for one datagram with READY=1 would make
 // systemd drop the READY=1, and the status is in place when systemctl
 // start or reload returns.
-func (sd *systemd) observer(q *notify.Queue, startWait time.Duration) func(supervisor.Event) {
-	readySent, reloading := false, false
+func (sd *systemd) observer(startWait time.Duration) func(supervisor.Event) {
 	report := func(err error) {
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "sd_notify: %v\n", err)
 		}
 	}
 	return func(e supervisor.Event) {
+		q := sd.q // replaced when a failed upgrade had closed it
 		status := e.Summary
+		sd.summary = status
 		switch e.Kind {
 		case supervisor.Spawned:
 			report(q.Status(status))
-			if !readySent || reloading {
+			if !sd.readySent || sd.reloading {
 				// A slow worker must not make systemd time out the start or
 				// the reload while it is still coming up.
 				report(q.ExtendTimeout(startWait + 5*time.Second))
 			}
 		case supervisor.Started:
 			report(q.Status(status))
-			if !readySent {
-				readySent = true
+			if !sd.readySent {
+				sd.readySent = true
 				report(q.State("READY=1"))
 			}
 		case supervisor.Reloading:
-			reloading = true
+			sd.reloading = true
 			report(q.Status(status))
 			report(q.State("RELOADING=1"))
 		case supervisor.Reloaded:
-			reloading = false
+			sd.reloading = false
 			report(q.Status(status))
 			report(q.State("READY=1"))
 		case supervisor.StartFailed:
-			if reloading && readySent {
+			if sd.reloading && sd.readySent {
 				// The reload is over: the old generation keeps serving and
 				// the new one is retried. systemctl reload must not hang.
-				reloading = false
+				sd.reloading = false
 				report(q.Status("reload failed: " + errText(e) + "; " + e.Summary))
 				report(q.State("READY=1"))
 				return
@@ -167,6 +178,15 @@ func (sd *systemd) observer(q *notify.Queue, startWait time.Duration) func(super
 			report(q.Status(status))
 		}
 	}
+}
+
+// withSummary is text followed by the last account of the generations, in
+// which ss-bridge reload and status find the serving one.
+func (sd *systemd) withSummary(text string) string {
+	if sd.summary == "" {
+		return text
+	}
+	return text + "; " + sd.summary
 }
 
 func errText(e supervisor.Event) string {

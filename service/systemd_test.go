@@ -27,9 +27,9 @@ func TestObserverNotifiesSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 	sd := &systemd{manager: m}
-	q := sd.queue()
-	defer q.Close(time.Second)
-	observe := sd.observer(q, time.Second)
+	sd.q = sd.queue()
+	defer sd.q.Close(time.Second)
+	observe := sd.observer(time.Second)
 
 	receive := func() string {
 		t.Helper()

@@ -63,22 +63,46 @@ type Signals struct {
 	// Scale carries SIGTTIN (one worker more) and SIGTTOU (one fewer) for a
 	// pool (Config.Workers); nil, as NotifySignals leaves it, for none.
 	Scale <-chan os.Signal
+	// Upgrade carries SIGUSR2, which asks for a self-upgrade; Run does not
+	// read it, the owner of the supervisor does. Requests arriving during
+	// one are one request, so a buffer of one loses nothing.
+	Upgrade <-chan os.Signal
+
+	// reload is Reload, for IgnoreReload to route SIGHUP to it again.
+	reload chan os.Signal
 }
 
-// NotifySignals routes the process's TERM, INT, QUIT, HUP and CHLD to new
+// IgnoreReload sets SIGHUP's disposition to ignored, for the instant of an
+// execve of this process: a HUP pending across it would otherwise kill the
+// new image before its runtime can catch it (exec resets a caught signal to
+// its default action, and ignored stays ignored). rearm routes SIGHUP to
+// Reload again, for when the exec failed.
+func (s Signals) IgnoreReload() (rearm func()) {
+	signal.Ignore(syscall.SIGHUP)
+	return func() {
+		if s.reload != nil {
+			signal.Notify(s.reload, syscall.SIGHUP)
+		}
+	}
+}
+
+// NotifySignals routes the process's TERM, INT, QUIT, HUP, CHLD and USR2 to new
 // Signals (signal.Notify), buffered so that none that matters is lost.
 // stop undoes it.
 func NotifySignals() (sigs Signals, stop func()) {
 	stopCh := make(chan os.Signal, 2)
 	reload := make(chan os.Signal, 1)
 	child := make(chan os.Signal, 1)
+	upgrade := make(chan os.Signal, 1)
 	signal.Notify(stopCh, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
 	signal.Notify(reload, syscall.SIGHUP)
 	signal.Notify(child, syscall.SIGCHLD)
-	return Signals{Stop: stopCh, Reload: reload, Child: child}, func() {
+	signal.Notify(upgrade, syscall.SIGUSR2)
+	return Signals{Stop: stopCh, Reload: reload, Child: child, Upgrade: upgrade, reload: reload}, func() {
 		signal.Stop(stopCh)
 		signal.Stop(reload)
 		signal.Stop(child)
+		signal.Stop(upgrade)
 	}
 }
 

@@ -404,6 +404,10 @@ func Restore(cfg Config, st State) (*Supervisor, error) {
 	return s, nil
 }
 
+// Check refuses a state Restore cannot carry on from, without adopting
+// anything: for a preflight that must have no side effect.
+func (st State) Check() error { return st.check() }
+
 // check refuses a state Restore cannot carry on from.
 func (st State) check() error {
 	if err := checkVersion(st.Version); err != nil {

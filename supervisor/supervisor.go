@@ -88,6 +88,15 @@ type Config struct {
 	// (0 means 1) rather than the whole generation at once.
 	Rolling  bool
 	MaxSurge int
+	// Tasks, when set, carries functions Run calls on its goroutine between
+	// two steps of the loop: for the owner of the supervisor to act where
+	// the supervisor's state is consistent (a self-upgrade snapshots it and
+	// execs there). A task must not block for long.
+	Tasks <-chan func()
+	// OtherChild, when set, is told of the exit of every child that is not
+	// a worker, and reports whether the child was its own (a self-upgrade's
+	// preflight): Run reaps every child, and logs the exits of others.
+	OtherChild func(pid int, status syscall.WaitStatus) bool
 }
 
 // EventKind names a change in the supervisor's generations.
@@ -361,6 +370,8 @@ func (s *Supervisor) Run(signals Signals) error {
 			s.handleSignal(sig)
 		case m := <-s.messages:
 			s.handleMessage(m)
+		case task := <-s.cfg.Tasks:
+			task()
 		case <-timer.C:
 		}
 		// A child's exit or a TERM that is already pending comes before any
@@ -427,6 +438,10 @@ func (s *Supervisor) resume() {
 	// still the default, ignore.
 	s.handleSignal(syscall.SIGCHLD)
 }
+
+// Stopping reports whether TERM, INT or QUIT was received. Call it from the
+// loop's goroutine (a task).
+func (s *Supervisor) Stopping() bool { return s.stopping }
 
 func (s *Supervisor) done() bool {
 	if s.pool != nil && s.pool.workers() > 0 {
@@ -847,6 +862,7 @@ func (s *Supervisor) exited(pid int, status syscall.WaitStatus) {
 		} else {
 			s.logf("old worker %d died, status:%d", pid, status)
 		}
+	case s.cfg.OtherChild != nil && s.cfg.OtherChild(pid, status):
 	default:
 		// Another child: a worker's orphaned descendant, re-parented to us
 		// (see sys.adopt), or the command of a --log-file pipe that died.

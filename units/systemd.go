@@ -7,10 +7,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
+	"golang.org/x/sys/unix"
 )
 
 // Systemd is a connection to a service manager over D-Bus. Every call is
@@ -246,4 +248,19 @@ func UnitDir(user bool) (string, error) {
 		return "", fmt.Errorf("find the user unit directory: %w", err)
 	}
 	return home + "/.config/systemd/user", nil
+}
+
+// KillMain sends sig to the unit's main process only, as systemctl kill
+// --kill-whom=main does.
+func (s *Systemd) KillMain(ctx context.Context, unit string, sig syscall.Signal) error {
+	if err := s.mustExist(ctx, unit); err != nil {
+		return err
+	}
+	_, err := call(ctx, func() (struct{}, error) {
+		return struct{}{}, s.conn.KillUnitWithTarget(ctx, unit, sd.Main, int32(sig))
+	})
+	if err != nil {
+		return fmt.Errorf("send %s to the main process of %s: %w", unix.SignalName(sig), unit, err)
+	}
+	return nil
 }

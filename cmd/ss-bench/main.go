@@ -46,7 +46,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	bridge := fs.String("bridge", "bin/ss-bridge", "the ss-bridge binary under test")
 	var anchors anchorFlag
 	fs.Var(&anchors, "anchor", "NAME=PATH of a start_server-compatible binary to compare with; repeatable (default perl-0.35=/usr/bin/start_server)")
-	scenarios := fs.String("scenarios", "hup,burst,restart,cost,scale,systemd", "comma-separated scenarios to run (systemd: restarts under a real systemd in a container, needs root; not in -quick)")
+	scenarios := fs.String("scenarios", "hup,burst,restart,upgrade,cost,scale,systemd", "comma-separated scenarios to run (systemd: restarts under a real systemd in a container, needs root; not in -quick)")
 	quick := fs.Bool("quick", false, "a run of about a minute: 1 repetition, new connections only, small scale figures")
 	runs := fs.Int("runs", 5, "repetitions of each measurement (medians are reported)")
 	rate := fs.Float64("rate", 2500, "load: requests per second offered")
@@ -56,6 +56,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	restarts := fs.Int("restarts", 10000, "consecutive restarts in the scale scenario")
 	sockets := fs.Int("sockets", 1000, "listening sockets in the scale scenario")
 	churn := fs.Int("churn", 100, "live generations in the status-file churn")
+	upgrades := fs.Int("upgrades", 100, "self-upgrades in a row in the upgrade scenario")
 	keepAlive := fs.String("modes", "new,keepalive", "load modes: new (a connection per request), keepalive")
 	systemdCycles := fs.Int("systemd-cycles", 3, "systemctl restart cycles per configuration and mode in the systemd scenario")
 	out := fs.String("out", "", "also write the report to this file")
@@ -72,9 +73,10 @@ func benchMain(args []string, stdout io.Writer) int {
 			"window":   func() { *window = 2 * time.Second },
 			"restarts": func() { *restarts = 50 },
 			"churn":    func() { *churn = 20 },
+			"upgrades": func() { *upgrades = 10 },
 			"modes":    func() { *keepAlive = "new" },
 			"scenarios": func() {
-				*scenarios = "hup,burst,restart,cost,scale"
+				*scenarios = "hup,burst,restart,upgrade,cost,scale"
 			},
 		}
 		for name, f := range defaults {
@@ -88,7 +90,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	}
 	p := Params{Runs: max(1, *runs), Rate: *rate, Conns: *conns, Latency: *latency, Window: *window,
 		Restarts: *restarts, Sockets: *sockets, Churn: max(2, *churn), Verbose: *verbose,
-		SystemdCycles: max(1, *systemdCycles)}
+		SystemdCycles: max(1, *systemdCycles), Upgrades: max(1, *upgrades)}
 	for _, m := range strings.Split(*keepAlive, ",") {
 		switch strings.TrimSpace(m) {
 		case "new":
@@ -134,7 +136,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	began := time.Now()
 	run := map[string]func([]Binary, Params, *Results){
 		"hup": scenarioHUP, "burst": scenarioBurst, "restart": scenarioRestart,
-		"cost": scenarioCost, "scale": scenarioScale, "systemd": scenarioSystemd,
+		"cost": scenarioCost, "scale": scenarioScale, "systemd": scenarioSystemd, "upgrade": scenarioUpgrade,
 	}
 	for _, name := range strings.Split(*scenarios, ",") {
 		f, ok := run[strings.TrimSpace(name)]

@@ -20,6 +20,7 @@ type Params struct {
 	Restarts int           // consecutive restarts in the scale scenario
 	Sockets  int           // listening sockets in the scale scenario
 	Churn    int           // live generations in the status-file churn
+	Upgrades int           // self-upgrades in a row in the upgrade scenario
 	Modes    []bool        // keep-alive off, on
 	Verbose  bool
 

@@ -1,0 +1,133 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/ss-bridge/ss-bridge/service"
+	"golang.org/x/sys/unix"
+)
+
+// upgradeTimeout is how long upgrade waits by default: the preflight alone
+// may take 10 s before it is given up.
+const upgradeTimeout = 30 * time.Second
+
+// upgradeCommand asks a server to upgrade itself in place (SIGUSR2) and
+// waits for the outcome: exit 0 once the new program image serves.
+func upgradeCommand(args []string) int {
+	o, err := parseWith(append(withOptions("pid-file"), userOption, timeoutOption), args)
+	if err != nil {
+		return failed(fmt.Errorf("upgrade: %w", err))
+	}
+	if o.Timeout == 0 {
+		o.Timeout = upgradeTimeout
+	}
+	switch {
+	case o.PidFile != "" && len(o.Command) == 0 && !o.User:
+		err = upgradeStandalone(o)
+	case o.PidFile == "" && len(o.Command) == 1:
+		err = upgradeUnit(o)
+	default:
+		err = errors.New("give --pid-file or one unit name")
+	}
+	if err != nil {
+		return failed(fmt.Errorf("upgrade: %w", err))
+	}
+	return 0
+}
+
+// upgradeStandalone sends USR2 to the server of --pid-file and waits for
+// the next result in its result file.
+func upgradeStandalone(o *Options) error {
+	f, pid, err := runningServer(o.PidFile)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	path := service.ResultFile(o.PidFile)
+	before, err := service.ReadResult(path)
+	if err != nil {
+		return err
+	}
+	if err := unix.Kill(pid, unix.SIGUSR2); err != nil {
+		return fmt.Errorf("send USR2 to the server (pid %d): %w", pid, err)
+	}
+	deadline := deadlineAfter(o.Timeout)
+	for {
+		r, err := service.ReadResult(path)
+		if err == nil && r.Seq > before.Seq {
+			if !r.OK {
+				return fmt.Errorf("%s; ss-bridge %s (pid %d) carries on", r.Error, r.From, pid)
+			}
+			if held, _ := service.Locked(f); !held {
+				return fmt.Errorf("server (pid %d) exited after the upgrade to %s", pid, r.To)
+			}
+			fmt.Printf("upgraded ss-bridge from %s to %s (pid %d unchanged)\n", r.From, r.To, pid)
+			return nil
+		}
+		if held, _ := service.Locked(f); !held {
+			return fmt.Errorf("server (pid %d) exited during the upgrade", pid)
+		}
+		if deadline.passed() {
+			return fmt.Errorf("no outcome from the server (pid %d) within %s", pid, o.Timeout)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// upgradedStatus and upgradeFailedStatus match the STATUS= of an attempt's
+// outcome (service.UpgradedStatus, service.UpgradeFailedStatus).
+var (
+	upgradedStatus      = regexp.MustCompile(`^upgraded from ss-bridge (\S+) to (\S+) \(upgrade #\d+\)(;|$)`)
+	upgradeFailedStatus = regexp.MustCompile(`^upgrade #\d+ failed: (.*?)(; generation|$)`)
+)
+
+// upgradeUnit sends USR2 to the unit's main process through systemd and
+// waits for the STATUS= that says how the attempt ended. Each attempt's
+// status carries its number, so it differs from any status before it.
+func upgradeUnit(o *Options) error {
+	unit := unitName(o.Command[0])
+	ctx, cancel := context.WithTimeout(context.Background(), o.Timeout)
+	defer cancel()
+	conn, err := connect(ctx, o.User)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	before, err := conn.Status(ctx, unit)
+	if err != nil {
+		return err
+	}
+	if before.ActiveState != "active" && before.ActiveState != "reloading" || before.MainPID == 0 {
+		return fmt.Errorf("%s is %s, not running", unit, before.ActiveState)
+	}
+	if err := conn.KillMain(ctx, unit, unix.SIGUSR2); err != nil {
+		return err
+	}
+	for {
+		st, err := conn.Status(ctx, unit)
+		if err != nil {
+			return err
+		}
+		if st.MainPID != before.MainPID {
+			return fmt.Errorf("%s: main pid %d is now %d (%s)", unit, before.MainPID, st.MainPID, st.ActiveState)
+		}
+		if st.StatusText != before.StatusText {
+			if m := upgradeFailedStatus.FindStringSubmatch(st.StatusText); m != nil {
+				return fmt.Errorf("%s (pid %d): %s", unit, st.MainPID, m[1])
+			}
+			if m := upgradedStatus.FindStringSubmatch(st.StatusText); m != nil && st.ActiveState == "active" {
+				fmt.Printf("%s: upgraded ss-bridge from %s to %s (pid %d unchanged)\n", unit, m[1], m[2], st.MainPID)
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: no outcome within %s (%s, status %q)", unit, o.Timeout, st.ActiveState, st.StatusText)
+		case <-time.After(pollEvery):
+		}
+	}
+}
