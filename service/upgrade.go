@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/activation"
+	"github.com/ss-bridge/ss-bridge/supervisor"
 	"golang.org/x/sys/unix"
 )
 
@@ -552,13 +553,24 @@ func (srv *server) writeResult(r Result) {
 	}
 	path := ResultFile(srv.c.PidFile)
 	data, _ := json.Marshal(r)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
-		fmt.Fprintf(os.Stderr, "write the upgrade result: %v\n", err)
-		return
+	// Beside the pid file, perhaps in a world-writable directory: a new
+	// temporary of an unpredictable name (O_EXCL), never a name somebody
+	// could have planted a symlink at, then renamed over the path, which
+	// replaces a symlink there rather than following it.
+	f, err := supervisor.CreateStatusTemp(path)
+	if err == nil {
+		_, err = f.Write(append(data, '\n'))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(f.Name(), path)
+		}
+		if err != nil {
+			os.Remove(f.Name())
+		}
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "write the upgrade result: %v\n", err)
 	}
 }

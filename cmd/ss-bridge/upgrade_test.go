@@ -651,3 +651,27 @@ var (
 	brokenBuild sync.Once
 	brokenErr   error
 )
+
+// The upgrade result file is written beside the pid file, often in a world-writable
+// directory: a symlink planted at the name of its temporary must not make the server write
+// through it into another file.
+func TestUpgradeResultNotWrittenThroughASymlink(t *testing.T) {
+	bins := upgradeBins(t)
+	s := startUpgradeServer(t, nil)
+	waitServing(t, s.addr, 1, 10*time.Second)
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The names a careless writer would use.
+	for _, name := range []string{s.pidFile + ".upgrade.tmp", s.pidFile + ".upgrade.new"} {
+		if err := os.Symlink(victim, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install(t, bins[1], s.exe, 0o755)
+	mustUpgrade(t, s.pidFile, s.pid, versionA, versionB)
+	if data, _ := os.ReadFile(victim); string(data) != "precious\n" {
+		t.Fatalf("the file a planted symlink points at was overwritten: %q", data)
+	}
+}
