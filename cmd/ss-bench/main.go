@@ -46,7 +46,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	bridge := fs.String("bridge", "bin/ss-bridge", "the ss-bridge binary under test")
 	var anchors anchorFlag
 	fs.Var(&anchors, "anchor", "NAME=PATH of a start_server-compatible binary to compare with; repeatable (default perl-0.35=/usr/bin/start_server)")
-	scenarios := fs.String("scenarios", "hup,burst,restart,cost,scale,systemd", "comma-separated scenarios to run (systemd: restarts under a real systemd in a container, needs root; not in -quick)")
+	scenarios := fs.String("scenarios", "hup,burst,restart,cost,scale,pool,systemd", "comma-separated scenarios to run (pool: worker pools, with a Node.js worker too if node is installed; systemd: restarts under a real systemd in a container, needs root; not in -quick)")
 	quick := fs.Bool("quick", false, "a run of about a minute: 1 repetition, new connections only, small scale figures")
 	runs := fs.Int("runs", 5, "repetitions of each measurement (medians are reported)")
 	rate := fs.Float64("rate", 2500, "load: requests per second offered")
@@ -58,6 +58,8 @@ func benchMain(args []string, stdout io.Writer) int {
 	churn := fs.Int("churn", 100, "live generations in the status-file churn")
 	keepAlive := fs.String("modes", "new,keepalive", "load modes: new (a connection per request), keepalive")
 	systemdCycles := fs.Int("systemd-cycles", 3, "systemctl restart cycles per configuration and mode in the systemd scenario")
+	poolRolls := fs.Int("pool-rolls", 10, "reloads of a pool of 4 under load in the pool scenario")
+	poolKillFor := fs.Duration("pool-kill-for", 20*time.Second, "how long a pool worker is SIGKILLed every second in the pool scenario")
 	out := fs.String("out", "", "also write the report to this file")
 	keep := fs.Bool("keep", false, "keep the instances' files (logs, status, events)")
 	verbose := fs.Bool("v", false, "progress details on stderr")
@@ -74,8 +76,10 @@ func benchMain(args []string, stdout io.Writer) int {
 			"churn":    func() { *churn = 20 },
 			"modes":    func() { *keepAlive = "new" },
 			"scenarios": func() {
-				*scenarios = "hup,burst,restart,cost,scale"
+				*scenarios = "hup,burst,restart,cost,scale,pool"
 			},
+			"pool-rolls":    func() { *poolRolls = 2 },
+			"pool-kill-for": func() { *poolKillFor = 3 * time.Second },
 		}
 		for name, f := range defaults {
 			if !set[name] {
@@ -88,7 +92,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	}
 	p := Params{Runs: max(1, *runs), Rate: *rate, Conns: *conns, Latency: *latency, Window: *window,
 		Restarts: *restarts, Sockets: *sockets, Churn: max(2, *churn), Verbose: *verbose,
-		SystemdCycles: max(1, *systemdCycles)}
+		SystemdCycles: max(1, *systemdCycles), PoolRolls: max(1, *poolRolls), PoolKillFor: max(time.Second, *poolKillFor)}
 	for _, m := range strings.Split(*keepAlive, ",") {
 		switch strings.TrimSpace(m) {
 		case "new":
@@ -134,7 +138,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	began := time.Now()
 	run := map[string]func([]Binary, Params, *Results){
 		"hup": scenarioHUP, "burst": scenarioBurst, "restart": scenarioRestart,
-		"cost": scenarioCost, "scale": scenarioScale, "systemd": scenarioSystemd,
+		"cost": scenarioCost, "scale": scenarioScale, "pool": scenarioPool, "systemd": scenarioSystemd,
 	}
 	for _, name := range strings.Split(*scenarios, ",") {
 		f, ok := run[strings.TrimSpace(name)]
@@ -150,6 +154,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	res.Print(&report, bins)
 	report.WriteString("\n")
 	printTargets(&report, res, bins)
+	printPoolTargets(&report)
 	fmt.Fprint(stdout, report.String())
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report.String()), 0o644); err != nil {
