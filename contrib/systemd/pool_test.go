@@ -230,3 +230,50 @@ func TestPoolRollingReloadBadBuild(t *testing.T) {
 	}
 	r.waitProperty("app.service", "StatusText", "generation 3: 4/4 serving", 10*time.Second)
 }
+
+// A bad build reloaded with whole-generation restarts (--workers without
+// --rolling): all 4 new workers start, the first to exit stops the restart
+// and the others are sent TERM; the old workers keep serving. The failure
+// must stay visible: `ss-bridge reload` exits 1 naming it, and StatusText
+// keeps "reload failed: ..." until the next reload, as it does for a single
+// worker. (Fails as of the pool merge: the exits of the 3 new workers told
+// to go rewrite STATUS= to "generation 1: 4/4 serving" a few milliseconds
+// after "reload failed: ...".)
+func TestPoolWholeGenerationBadBuildStaysReported(t *testing.T) {
+	r := newRig(t)
+	r.poolUnit("")
+	r.systemctl("start", "app.service")
+	main := r.mainPID("app.service")
+	old := r.waitPool(main, 1, poolWorkers, 15*time.Second)
+	r.waitProperty("app.service", "StatusText", "generation 1: 4/4 serving", 10*time.Second)
+
+	l := startLoad(r.addr, 6)
+	time.Sleep(300 * time.Millisecond)
+	r.exec("touch", "/run/app-fail")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, reloadErr := r.c.ExecContext(ctx, nil, r.bridge, "reload", "app.service")
+	if ctx.Err() != nil {
+		r.dumpJournal()
+		t.Fatal("ss-bridge reload still running after 30s")
+	}
+	r.waitJournal("app.service", regexp.MustCompile(`restart stopped: 0 of 4 workers run generation 2, the others keep theirs\n`), 5*time.Second)
+	time.Sleep(time.Second)
+	status := r.property("app.service", "StatusText")
+	t.Logf("ss-bridge reload: %v: %q; StatusText 1 s later: %q", reloadErr, strings.TrimSpace(out), status)
+	l.Finish(t, "whole-generation bad build under load")
+	if reloadErr == nil {
+		t.Errorf("ss-bridge reload of a bad build succeeded (%q), want exit 1", out)
+	} else if !strings.Contains(reloadErr.Error(), "reload failed: new worker") {
+		t.Errorf("ss-bridge reload says %q, want the reason (reload failed: new worker ... exited ...)", reloadErr)
+	}
+	if !strings.HasPrefix(status, "reload failed: ") {
+		t.Errorf("StatusText 1 s after the stopped restart: %q, want it to still say reload failed: ...", status)
+	}
+	still := r.waitPool(main, 1, poolWorkers, 5*time.Second)
+	for i := range old {
+		if still[i].pid != old[i].pid {
+			t.Errorf("slot %d runs worker %d after the bad build, want the old worker %d", i, still[i].pid, old[i].pid)
+		}
+	}
+}
