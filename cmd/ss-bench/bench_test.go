@@ -224,3 +224,29 @@ func TestReport(t *testing.T) {
 		}
 	}
 }
+
+// The pool scenario's measurements with the Go worker (the Node.js one needs
+// node, which CI does not install): a rolling reload, a bad build and a
+// SIGKILLed worker, each meeting its targets.
+func TestPoolPieces(t *testing.T) {
+	p := Params{Runs: 1, Rate: 400, Conns: 4, Latency: time.Millisecond, PoolRolls: 2, PoolKillFor: 2 * time.Second}
+	b := Binary{Name: "ss-bridge", Path: testBridge, Notify: true}
+	k := poolKinds(p)[0]
+	poolTargets = nil
+	res := newResults()
+	runPoolRoll(b, k, true, false, p, res)
+	runPoolBadBuild(b, k, false, p, res)
+	runPoolKill(b, k, true, p, res)
+	if len(poolTargets) < 7 {
+		t.Fatalf("%d targets recorded, want 7", len(poolTargets))
+	}
+	var out strings.Builder
+	res.Print(&out, []Binary{b})
+	printPoolTargets(&out)
+	for _, tg := range poolTargets {
+		// Throughput depends on the machine's load; the rest may not.
+		if !tg.met && !strings.Contains(tg.target, "throughput") {
+			t.Errorf("target not met: %s: %s\n%s", tg.target, tg.figure, out.String())
+		}
+	}
+}

@@ -46,6 +46,9 @@ type Spec struct {
 	Opts       []string // superdaemon options besides --port and --status-file
 	WorkerArgs []string // benchmark worker flags besides -events
 	Tag        string   // for the names of its files
+	// Node: the worker is the Node.js server (nodeScript) instead of
+	// "ss-bench worker"; it takes the same -events, -latency and -exit-if.
+	Node bool
 }
 
 var (
@@ -75,7 +78,11 @@ func start(b Binary, spec Spec) (*Instance, error) {
 	}
 	args = append(args, "--status-file="+in.Status)
 	args = append(args, spec.Opts...)
-	args = append(args, "--", selfPath, "worker", "-events="+in.Events)
+	if spec.Node {
+		args = append(args, "--", nodePath, nodeScript, "-events="+in.Events)
+	} else {
+		args = append(args, "--", selfPath, "worker", "-events="+in.Events)
+	}
 	args = append(args, spec.WorkerArgs...)
 	logf, err := os.OpenFile(in.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -246,6 +253,12 @@ func (in *Instance) StatusGens() (map[int]int, error) {
 		out[e.Generation] = e.PID
 	}
 	return out, nil
+}
+
+// Entries reads every GEN:PID line of the status file (a pool has one per
+// worker).
+func (in *Instance) Entries() ([]supervisor.StatusEntry, error) {
+	return supervisor.ReadStatusFile(in.Status)
 }
 
 // only returns the single generation in the status file, if there is one.

@@ -46,7 +46,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	bridge := fs.String("bridge", "bin/ss-bridge", "the ss-bridge binary under test")
 	var anchors anchorFlag
 	fs.Var(&anchors, "anchor", "NAME=PATH of a start_server-compatible binary to compare with; repeatable (default perl-0.35=/usr/bin/start_server)")
-	scenarios := fs.String("scenarios", "hup,burst,restart,upgrade,cost,scale,systemd", "comma-separated scenarios to run (systemd: restarts under a real systemd in a container, needs root; not in -quick)")
+	scenarios := fs.String("scenarios", "hup,burst,restart,upgrade,cost,scale,pool,systemd", "comma-separated scenarios to run (pool: worker pools, with a Node.js worker too if node is installed; systemd: restarts under a real systemd in a container, needs root; neither is in -quick)")
 	quick := fs.Bool("quick", false, "a run of about a minute: 1 repetition, new connections only, small scale figures")
 	runs := fs.Int("runs", 5, "repetitions of each measurement (medians are reported)")
 	rate := fs.Float64("rate", 2500, "load: requests per second offered")
@@ -59,6 +59,8 @@ func benchMain(args []string, stdout io.Writer) int {
 	upgrades := fs.Int("upgrades", 100, "self-upgrades in a row in the upgrade scenario")
 	keepAlive := fs.String("modes", "new,keepalive", "load modes: new (a connection per request), keepalive")
 	systemdCycles := fs.Int("systemd-cycles", 3, "systemctl restart cycles per configuration and mode in the systemd scenario")
+	poolRolls := fs.Int("pool-rolls", 10, "reloads of a pool of 4 under load in the pool scenario")
+	poolKillFor := fs.Duration("pool-kill-for", 20*time.Second, "how long a pool worker is SIGKILLed every second in the pool scenario")
 	out := fs.String("out", "", "also write the report to this file")
 	keep := fs.Bool("keep", false, "keep the instances' files (logs, status, events)")
 	verbose := fs.Bool("v", false, "progress details on stderr")
@@ -76,8 +78,12 @@ func benchMain(args []string, stdout io.Writer) int {
 			"upgrades": func() { *upgrades = 10 },
 			"modes":    func() { *keepAlive = "new" },
 			"scenarios": func() {
+				// Not pool: it takes two minutes even when short (Node.js
+				// starts slowly); -quick -scenarios=pool runs a short one.
 				*scenarios = "hup,burst,restart,upgrade,cost,scale"
 			},
+			"pool-rolls":    func() { *poolRolls = 2 },
+			"pool-kill-for": func() { *poolKillFor = 3 * time.Second },
 		}
 		for name, f := range defaults {
 			if !set[name] {
@@ -90,7 +96,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	}
 	p := Params{Runs: max(1, *runs), Rate: *rate, Conns: *conns, Latency: *latency, Window: *window,
 		Restarts: *restarts, Sockets: *sockets, Churn: max(2, *churn), Verbose: *verbose,
-		SystemdCycles: max(1, *systemdCycles), Upgrades: max(1, *upgrades)}
+		SystemdCycles: max(1, *systemdCycles), Upgrades: max(1, *upgrades), PoolRolls: max(1, *poolRolls), PoolKillFor: max(time.Second, *poolKillFor)}
 	for _, m := range strings.Split(*keepAlive, ",") {
 		switch strings.TrimSpace(m) {
 		case "new":
@@ -136,7 +142,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	began := time.Now()
 	run := map[string]func([]Binary, Params, *Results){
 		"hup": scenarioHUP, "burst": scenarioBurst, "restart": scenarioRestart,
-		"cost": scenarioCost, "scale": scenarioScale, "systemd": scenarioSystemd, "upgrade": scenarioUpgrade,
+		"cost": scenarioCost, "scale": scenarioScale, "pool": scenarioPool, "systemd": scenarioSystemd, "upgrade": scenarioUpgrade,
 	}
 	for _, name := range strings.Split(*scenarios, ",") {
 		f, ok := run[strings.TrimSpace(name)]
@@ -152,6 +158,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	res.Print(&report, bins)
 	report.WriteString("\n")
 	printTargets(&report, res, bins)
+	printPoolTargets(&report)
 	fmt.Fprint(stdout, report.String())
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report.String()), 0o644); err != nil {

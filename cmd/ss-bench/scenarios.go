@@ -25,6 +25,9 @@ type Params struct {
 	Verbose  bool
 
 	SystemdCycles int // systemctl restarts per configuration and mode
+
+	PoolRolls   int           // reloads of a pool under load
+	PoolKillFor time.Duration // how long a pool's workers are SIGKILLed, one a second
 }
 
 func (p Params) load(addr string, keepAlive bool) LoadConfig {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -28,8 +29,14 @@ func workerMain(args []string) int {
 	startDelay := fs.Duration("start-delay", 0, "sleep this long before serving")
 	ready := fs.Bool("ready", false, "send READY=1 to $NOTIFY_SOCKET once serving")
 	events := fs.String("events", "", "append timestamped events to this file")
+	exitIf := fs.String("exit-if", "", "exit 1 at once if this file exists (a bad build)")
+	procs := fs.Int("procs", 0, "GOMAXPROCS (0: the runtime's default), 1 for a one-core worker")
+	noReadyIf := fs.String("no-ready-if", "", "never send READY=1 if this file exists (a bad build that hangs)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *procs > 0 {
+		runtime.GOMAXPROCS(*procs)
 	}
 	pid := os.Getpid()
 	event := func(name string) {
@@ -46,6 +53,17 @@ func workerMain(args []string) int {
 		f.Close()
 	}
 	event("start")
+	if *exitIf != "" {
+		if _, err := os.Stat(*exitIf); err == nil {
+			event("exit")
+			return 1
+		}
+	}
+	if *noReadyIf != "" {
+		if _, err := os.Stat(*noReadyIf); err == nil {
+			*ready = false
+		}
+	}
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
 	time.Sleep(*startDelay)

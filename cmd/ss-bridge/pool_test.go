@@ -356,3 +356,49 @@ func TestPoolNotifiesSystemd(t *testing.T) {
 		t.Errorf("%d RELOADING=1, want 2", reloading)
 	}
 }
+
+// A bad build that dies just after --interval (a server that boots slower
+// than the interval, then fails: Node.js on a loaded machine, a config error
+// found after start-up) must not take every slot. ss-bridge already treats a
+// worker that dies within --interval + 1 s of its start as failing to start
+// (it backs off); during a roll the same death should stop the roll, so that
+// only the K slots already handed to the bad build are lost and the other
+// old workers keep serving. (Fails as of the pool merge: each new worker
+// counts as started after 0.3 s, its slot's old worker is sent TERM, it dies
+// at 0.6 s "unexpectedly" and is refilled, and the roll goes on through every
+// slot; the pool ends up with no old worker and a crash loop in each slot.
+// ss-bench's pool scenario showed it with Node.js and --interval=1.)
+func TestPoolRollStopsWhenANewWorkerDiesRightAfterItsInterval(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	envdir := filepath.Join(dir, "env")
+	if err := os.Mkdir(envdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	status := filepath.Join(dir, "status")
+	worker := []string{"sh", "-c", `case "$BUILD" in late) sleep 0.6; exit 3;; esac; exec "$0"`, e2eWorkerBin}
+	b := startBridge(t, cmdArgs([]string{"--port=" + addr, "--workers=4", "--rolling", "--interval=0.3",
+		"--envdir=" + envdir, "--status-file=" + status}, worker)...)
+	old := waitPool(t, status, 4, 1, 10*time.Second)
+	if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte("late\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.signal(syscall.SIGHUP)
+	// Long enough for the roll to go through all 4 slots (4 × 0.3 s) and
+	// for their workers to die.
+	time.Sleep(4 * time.Second)
+	alive := 0
+	for _, pid := range old {
+		if proc.Alive(pid) {
+			alive++
+		}
+	}
+	t.Logf("%d of the 4 old workers alive 4 s after the HUP; log:\n%s", alive, b.log)
+	if alive < 3 {
+		t.Errorf("%d of the 4 old workers alive after a roll into a build that dies 0.6 s after start with --interval=0.3; want the roll stopped after K=1, the 3 others serving", alive)
+	}
+	if b.count(`^restart stopped: `) == 0 {
+		t.Errorf("no \"restart stopped\" line")
+	}
+}
