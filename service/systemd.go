@@ -39,6 +39,11 @@ type systemd struct {
 	upgrading bool
 	// summary is the last account of the generations, for STATUS=.
 	summary string
+	// failure says why the last start or reload failed, before every
+	// STATUS= until the next reload, start or stop: the exits of the
+	// workers a failed restart stopped must not wipe it out within
+	// milliseconds, while an operator or ss-bridge reload reads it.
+	failure string
 	// q sends to systemd for the supervisor's loop.
 	q *notify.Queue
 }
@@ -135,8 +140,15 @@ func (sd *systemd) observer(startWait time.Duration) func(supervisor.Event) {
 	}
 	return func(e supervisor.Event) {
 		q := sd.q // replaced when a failed upgrade had closed it
+		sd.summary = e.Summary
+		switch e.Kind {
+		case supervisor.Reloading, supervisor.Started, supervisor.Stopping:
+			sd.failure = ""
+		}
 		status := e.Summary
-		sd.summary = status
+		if sd.failure != "" {
+			status = sd.failure + "; " + e.Summary
+		}
 		switch e.Kind {
 		case supervisor.Spawned:
 			report(q.Status(status))
@@ -164,11 +176,13 @@ func (sd *systemd) observer(startWait time.Duration) func(supervisor.Event) {
 				// The reload is over: the old generation keeps serving and
 				// the new one is retried. systemctl reload must not hang.
 				sd.reloading = false
-				report(q.Status("reload failed: " + errText(e) + "; " + e.Summary))
+				sd.failure = "reload failed: " + errText(e)
+				report(q.Status(sd.failure + "; " + e.Summary))
 				report(q.State("READY=1"))
 				return
 			}
-			report(q.Status("start failed: " + errText(e) + "; " + e.Summary))
+			sd.failure = "start failed: " + errText(e)
+			report(q.Status(sd.failure + "; " + e.Summary))
 		case supervisor.Stopping:
 			report(q.Status(status))
 			report(q.State("STOPPING=1"))

@@ -61,6 +61,10 @@ func TestObserverNotifiesSystemd(t *testing.T) {
 		// A failed reload ends the reload: systemctl reload must not hang.
 		{supervisor.Event{Kind: supervisor.StartFailed, Generation: 2, PID: 11, Err: exited, Summary: "generation 1 (pid 10) serving"},
 			[]string{"STATUS=reload failed: new worker 11 exited with status 256 before it was ready; generation 1 (pid 10) serving", "READY=1"}},
+		// The failure stays in the status until the next reload: the exits of
+		// the workers it stopped must not wipe it out.
+		{supervisor.Event{Kind: supervisor.Exited, Generation: 2, PID: 11, Summary: "generation 1 (pid 10) serving"},
+			[]string{"STATUS=reload failed: new worker 11 exited with status 256 before it was ready; generation 1 (pid 10) serving"}},
 		{supervisor.Event{Kind: supervisor.Reloading, Summary: "s1"}, []string{"STATUS=s1", "RELOADING=1\nMONOTONIC_USEC=*"}},
 		{supervisor.Event{Kind: supervisor.Spawned, Generation: 3, PID: 12, Summary: "s2"}, []string{"STATUS=s2", "EXTEND_TIMEOUT_USEC=6000000"}},
 		// READY=1 only once the old generation was told to go.

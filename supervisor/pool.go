@@ -281,7 +281,9 @@ func (s *Supervisor) poolReady(w *worker) {
 		return
 	}
 	w.readyAt = time.Time{}
-	sl.failures = 0
+	// failures is not reset here but once a worker has lived past
+	// --interval + 1 s (poolExited), so that a build that dies right after
+	// it counts as started backs off like one that dies before.
 	s.observe(Event{Kind: WorkerStarted, Generation: w.gen, PID: w.pid})
 	if s.cfg.Rolling || sl.cur == nil {
 		s.promote([]int{w.slot})
@@ -492,10 +494,22 @@ func (s *Supervisor) poolExited(pid int, status syscall.WaitStatus) {
 			s.observe(Event{Kind: Exited, Generation: w.gen, PID: pid, Status: status})
 			s.logf("worker %d died unexpectedly with status:%d, restarting", pid, status)
 			// One that dies soon after it started is failing to start.
-			if s.now().Sub(w.started) < s.cfg.Interval+time.Second {
+			early := s.now().Sub(w.started) < s.cfg.Interval+time.Second
+			if early {
 				s.slotBackoff(i, w.started)
 			} else {
 				sl.failures = 0
+			}
+			if early && s.pool.rollGen != 0 && w.gen == s.pool.rollGen {
+				// A worker of the roll's generation that outlived
+				// --interval only just is a bad build all the same: it
+				// takes no more slots.
+				s.stopRoll()
+				s.observe(Event{Kind: StartFailed, Generation: w.gen, PID: pid, Status: status,
+					Err: fmt.Errorf("new worker %d exited with status %d right after it started", pid, status)})
+				s.advance()
+				s.afterRoll()
+				return
 			}
 			// Refilled with its own generation, unless a roll is under way.
 			if s.pool.rollGen == 0 && w.gen > s.pool.gen {

@@ -367,7 +367,9 @@ func TestPoolNotifiesSystemd(t *testing.T) {
 // counts as started after 0.3 s, its slot's old worker is sent TERM, it dies
 // at 0.6 s "unexpectedly" and is refilled, and the roll goes on through every
 // slot; the pool ends up with no old worker and a crash loop in each slot.
-// ss-bench's pool scenario showed it with Node.js and --interval=1.)
+// ss-bench's pool scenario showed it with Node.js and --interval=1.) A slot
+// whose new worker counted as started before the first death is handed
+// over, as the README says of slots already replaced.
 func TestPoolRollStopsWhenANewWorkerDiesRightAfterItsInterval(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -395,8 +397,12 @@ func TestPoolRollStopsWhenANewWorkerDiesRightAfterItsInterval(t *testing.T) {
 		}
 	}
 	t.Logf("%d of the 4 old workers alive 4 s after the HUP; log:\n%s", alive, b.log)
-	if alive < 3 {
-		t.Errorf("%d of the 4 old workers alive after a roll into a build that dies 0.6 s after start with --interval=0.3; want the roll stopped after K=1, the 3 others serving", alive)
+	// The first new worker dies at 0.6 s; the second one, started when the
+	// first counted as started (0.3 s), counts as started itself at about
+	// the same moment, so it may have had its old worker told to go: the
+	// roll stops having handed over at most 2K slots, never all of them.
+	if alive < 2 {
+		t.Errorf("%d of the 4 old workers alive after a roll into a build that dies 0.6 s after start with --interval=0.3; want the roll stopped after at most 2K=2 slots, the others serving", alive)
 	}
 	if b.count(`^restart stopped: `) == 0 {
 		t.Errorf("no \"restart stopped\" line")
