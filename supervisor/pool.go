@@ -462,11 +462,7 @@ func (s *Supervisor) stopRoll() {
 func (s *Supervisor) slotBackoff(i int, startedAt time.Time) {
 	sl := s.pool.slots[i]
 	sl.failures++
-	delay := max(s.cfg.Interval, 100*time.Millisecond)
-	for n := 1; n < sl.failures && delay < s.cfg.MaxBackoff; n++ {
-		delay *= 2
-	}
-	delay = min(delay, s.cfg.MaxBackoff)
+	delay := s.backoff(sl.failures)
 	sl.retryAt = startedAt.Add(delay)
 	if delay > s.cfg.Interval && sl.failures > 1 {
 		s.logf("%d failed starts in a row in slot %d, next attempt in %ss", sl.failures, i, formatSeconds(delay))

@@ -760,15 +760,22 @@ func unwrapPathError(err error) error {
 // one interval after the failed start, as in 0.35.
 func (s *Supervisor) failed(startedAt time.Time) {
 	s.failures++
-	delay := max(s.cfg.Interval, 100*time.Millisecond)
-	for i := 1; i < s.failures && delay < s.cfg.MaxBackoff; i++ {
-		delay *= 2
-	}
-	delay = min(delay, s.cfg.MaxBackoff)
+	delay := s.backoff(s.failures)
 	s.retryAt = startedAt.Add(delay)
 	if delay > s.cfg.Interval && s.failures > 1 {
 		s.logf("%d failed starts in a row, next attempt in %ss", s.failures, formatSeconds(delay))
 	}
+}
+
+// backoff is the delay before the next start after failures failed ones in
+// a row: max(interval, 100ms), doubled for each failure after the first,
+// up to MaxBackoff.
+func (s *Supervisor) backoff(failures int) time.Duration {
+	delay := max(s.cfg.Interval, 100*time.Millisecond)
+	for i := 1; i < failures && delay < s.cfg.MaxBackoff; i++ {
+		delay *= 2
+	}
+	return min(delay, s.cfg.MaxBackoff)
 }
 
 // started makes the starting worker the serving generation.
