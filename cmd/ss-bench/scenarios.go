@@ -138,6 +138,19 @@ func runHUP(b Binary, cfg hupConfig, keepAlive bool, p Params) (hupStats, error)
 			time.Sleep(250 * time.Microsecond)
 		}
 		st.rounds = append(st.rounds, rd)
+		// With --interval=0 the new worker counts as started the moment it
+		// is spawned: the next HUP must find it past its start-up (its
+		// signal handler in place, its events recorded), or it dies of a
+		// TERM it has not yet caught, which a loaded machine makes likely.
+		for {
+			if _, ok := eventAt(in.ReadEvents(), rd.newPID, "ready"); ok {
+				break
+			}
+			if time.Now().After(deadline) || in.Exited() {
+				return st, fmt.Errorf("HUP %d: new worker %d not ready within 20s; log:\n%s", r+1, rd.newPID, tail(in.Log()))
+			}
+			time.Sleep(time.Millisecond)
+		}
 		time.Sleep(400 * time.Millisecond)
 	}
 	samples := load.Stop()
