@@ -186,12 +186,14 @@ func printLive(w io.Writer, v *supervisor.View) {
 		}
 		fmt.Fprintln(w)
 	}
+	// "generation G: pid P" alone on its line, as without a control socket,
+	// for whoever reads those lines; the details follow, indented.
 	for _, p := range v.Processes {
-		fmt.Fprintf(w, "generation %d: pid %d", p.Generation, p.PID)
+		fmt.Fprintf(w, "generation %d: pid %d\n ", p.Generation, p.PID)
 		if p.Slot >= 0 {
-			fmt.Fprintf(w, ", slot %d", p.Slot)
+			fmt.Fprintf(w, " slot %d,", p.Slot)
 		}
-		fmt.Fprintf(w, ", %s since %s", p.State, p.Started.Format(time.RFC3339))
+		fmt.Fprintf(w, " %s since %s", p.State, p.Started.Format(time.RFC3339))
 		if p.Restarts > 0 {
 			fmt.Fprintf(w, ", %d restarts", p.Restarts)
 		}

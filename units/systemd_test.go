@@ -147,6 +147,26 @@ func TestCommandsAgainstSystemd(t *testing.T) {
 		if gen, err := get(port); err != nil || gen != 6 {
 			t.Fatalf("the old generation stopped serving: generation %d, %v", gen, err)
 		}
+		// The unit's control socket, in its RuntimeDirectory=, has the live
+		// account of that reload.
+		out, code = run(t, c, bridge, "status", "--json", "web")
+		var r struct {
+			Live *struct {
+				Serving    int `json:"serving"`
+				LastReload struct {
+					Generation int    `json:"generation"`
+					Outcome    string `json:"outcome"`
+					Error      string `json:"error"`
+				} `json:"last_reload"`
+			} `json:"live"`
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil || code != 0 || r.Live == nil || r.Live.Serving != 1 ||
+			r.Live.LastReload.Outcome != "failed" || r.Live.LastReload.Generation != 7 || !strings.Contains(r.Live.LastReload.Error, "exited with status 768") {
+			t.Errorf("status --json after a failed reload: exit %d, %v: %s", code, err, out)
+		}
+		if out, code := run(t, c, bridge, "scale", "web", "2"); code != 1 || out != "ss-bridge: scale: the server runs a single worker: scaling needs --workers\n" {
+			t.Errorf("scale of a single worker: exit %d: %q", code, out)
+		}
 	})
 
 	// A reload job queued while a start job runs is merged into it by

@@ -220,7 +220,7 @@ func TestControlStatusLive(t *testing.T) {
 	}
 	text := runBridgeCmd(t, 30*time.Second, nil, "status", "--pid-file="+pidFile)
 	if text.code != 0 || !strings.Contains(text.stdout, "last reload: failed, started ") ||
-		!strings.Contains(text.stdout, "workers: 2/2 serving") || !regexpFind(`(?m)^generation 2: pid \d+, slot 1, serving since .*: pid \d+: s+$`, text.stdout) {
+		!strings.Contains(text.stdout, "workers: 2/2 serving") || !regexpFind(`(?m)^generation 2: pid \d+\n  slot 1, serving since \S+: pid \d+: s+$`, text.stdout) {
 		t.Errorf("status: exit %d:\n%s%s", text.code, text.stdout, text.stderr)
 	}
 }
