@@ -313,6 +313,7 @@ func TestControlSilentClientBlocksNothing(t *testing.T) {
 	ctl := pidFile + ".ctl"
 	b := startBridge(t, cmdArgs([]string{"--port=" + addr, "--workers=2", "--interval=0.1", "--pid-file=" + pidFile}, goWorker())...)
 	waitLive(t, ctl, 10*time.Second, "2 serving", func(v supervisor.View) bool { return v.Serving == 2 })
+	time.Sleep(200 * time.Millisecond) // for the last poll's connection to be closed
 	fds := proc.FDCount(b.pid)
 	silent, err := net.Dial("unix", ctl)
 	if err != nil {
@@ -338,10 +339,10 @@ func TestControlSilentClientBlocksNothing(t *testing.T) {
 		t.Errorf("silent client: %v after %v, read %q", err, cut, reply)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for proc.FDCount(b.pid) != fds && time.Now().Before(deadline) {
+	for proc.FDCount(b.pid) > fds && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if now := proc.FDCount(b.pid); now != fds {
+	if now := proc.FDCount(b.pid); now > fds {
 		t.Errorf("the bridge has %d descriptors open, %d before the silent client", now, fds)
 	}
 }
