@@ -30,6 +30,7 @@ var commands = map[string]func(args []string) int{
 	"stop":    stopCommand,
 	"log":     logCommand,
 	"upgrade": upgradeCommand,
+	"scale":   scaleCommand,
 }
 
 // busTimeout bounds connecting to D-Bus and each call that is not a job.
@@ -354,6 +355,8 @@ type report struct {
 	PidFile     string       `json:"pid_file,omitempty"`
 	Generations []generation `json:"generations"`
 	Message     string       `json:"message,omitempty"`
+	// Live is the server's own account, through its control socket.
+	Live *supervisor.View `json:"live,omitempty"`
 }
 
 type generation struct {
@@ -411,6 +414,9 @@ func standaloneStatus(o *Options) (report, int) {
 	f.Close()
 	r.Running, r.PID = true, pid
 	r.Message = fmt.Sprintf("running (pid %d)", pid)
+	if askLive(&r, service.ControlPath(o.PidFile, "")) {
+		return r, lsbRunning
+	}
 	if o.StatusFile != "" {
 		r.Generations = statusFileGenerations(o.StatusFile)
 	} else {
@@ -469,7 +475,7 @@ func unitStatus(o *Options, unit string) (report, int) {
 	r.Status = st
 	r.PID = st.MainPID
 	r.Running = st.ActiveState == "active" || st.ActiveState == "reloading"
-	if st.MainPID > 0 {
+	if st.MainPID > 0 && !askLive(&r, controlPathOfProcess(st.MainPID)) {
 		r.Generations = workerGenerations(st.MainPID)
 	}
 	if !r.Running {
@@ -501,6 +507,10 @@ func printReport(w io.Writer, r report) {
 	}
 	if r.Message != "" {
 		fmt.Fprintln(w, r.Message)
+	}
+	if v := r.Live; v != nil {
+		printLive(w, v)
+		return
 	}
 	for _, g := range r.Generations {
 		fmt.Fprintf(w, "generation %d: pid %d\n", g.Generation, g.PID)

@@ -129,6 +129,7 @@ Commands:
   status    say whether a unit or a standalone server runs, and its generations
   stop      stop a standalone server, with --timeout and --force
   upgrade   replace a running server's program in place (same pid and workers)
+  scale     set a running pool's number of workers (--workers) and wait for it
   log       print (and follow) a --log-file
   help      print this help, or a command's (ss-bridge help COMMAND)
 
@@ -200,6 +201,12 @@ Says whether UNIT, or the standalone server of --pid-file, runs: its state,
 main pid, uptime, status text and live generations. The exit status is LSB's:
 0 running, 1 dead with a pid file left, 3 not running, 4 unknown.
 
+A server with a control socket (beside its pid file, FILE.ctl, or in its
+$RUNTIME_DIRECTORY) is asked for its live state: every worker with its
+generation, slot, pid, start time, restarts and last STATUS=, and the last
+reload's start, end and outcome. Without one, the files and the server's
+children are read.
+
   --user                    a unit of the user's service manager
   --json                    print one JSON object
   --pid-file=file           the standalone server's --pid-file
@@ -235,6 +242,21 @@ the timeout passed.
   --pid-file=file           the standalone server's --pid-file
   --user                    a unit of the user's service manager
   --timeout=seconds         give up after this long (default 30)
+  --help                    print this help
+`,
+	"scale": `Usage: ss-bridge scale --pid-file=file [--timeout=seconds] N
+       ss-bridge scale [--user] [--timeout=seconds] UNIT N
+
+Sets the number of workers of a pool (a server run with --workers) to N,
+through the server's control socket (beside its pid file, or, for UNIT, of
+its main process), and waits until N workers serve. Added workers start at
+once; removed ones (the last slots) get --signal-on-hup. Exit 0 once N serve;
+exit 1 when the server runs a single worker, N is not from 1 to 1024, the
+server cannot be reached, or the timeout passed.
+
+  --pid-file=file           the standalone server's --pid-file
+  --user                    a unit of the user's service manager
+  --timeout=seconds         give up after this long (default 60)
   --help                    print this help
 `,
 	"log": `Usage: ss-bridge log --log-file=file [--follow]

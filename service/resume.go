@@ -80,7 +80,13 @@ func resume(c Config, signals supervisor.Signals, fd int) error {
 		defer pid.release()
 	}
 
-	srv := &server{c: c, signals: signals, sd: sd, pid: pid, log: log, socks: socks, exe: st.Exe}
+	var ctl *control
+	if st.Control != nil {
+		ctl = adoptControl(st.Control)
+		defer ctl.close()
+	}
+
+	srv := &server{c: c, signals: signals, sd: sd, pid: pid, log: log, socks: socks, exe: st.Exe, ctl: ctl}
 	srv.up.seq = st.Upgrade.Seq + 1
 	restore := func(cfg supervisor.Config) (*supervisor.Supervisor, error) {
 		sup, err := supervisor.Restore(cfg, st.Supervisor)

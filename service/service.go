@@ -128,6 +128,17 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 		}
 	}
 
+	// The control socket is the process's that runs the loop: with
+	// --daemonize, the daemon's. Bound before the listening sockets, so that
+	// one in use is the one line of a failed start.
+	var ctl *control
+	if path := ControlPath(c.PidFile, os.Getenv("RUNTIME_DIRECTORY")); path != "" && (daemon || !c.Daemonize) {
+		if ctl, err = openControl(path); err != nil {
+			return err
+		}
+		defer ctl.close()
+	}
+
 	// With --daemonize, the daemon opens the log, so that a log command is
 	// its child, restarted by it when it exits.
 	var log *logSink
@@ -200,7 +211,7 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 		os.Remove(ResultFile(c.PidFile))
 	}
 
-	srv := &server{c: c, signals: signals, sd: sd, pid: pid, log: log, socks: socks, ready: ready, exe: exe}
+	srv := &server{c: c, signals: signals, sd: sd, pid: pid, log: log, socks: socks, ready: ready, exe: exe, ctl: ctl}
 	return srv.run(cfg, supervisor.New)
 }
 
@@ -222,6 +233,7 @@ type server struct {
 	tasks chan func()
 	done  chan struct{} // closed when the loop has returned
 	up    upgrade
+	ctl   *control // the control socket, if there is one
 }
 
 // run wires the supervisor to the sockets, systemd and the daemon's parent,
@@ -278,6 +290,7 @@ func (srv *server) run(cfg supervisor.Config, start func(supervisor.Config) (*su
 		return err
 	}
 	srv.sup = sup
+	srv.serveControl()
 	go srv.forwardUpgrades()
 	defer srv.removeResult()
 	defer srv.up.abandon()

@@ -28,7 +28,8 @@ import (
 //	            "summary":"generation 7 (pid 2001) serving"},
 //	 "supervisor":{...see supervisor.State...},
 //	 "pending":{"hup":false, "stop":""},
-//	 "upgrade":{"seq":3}}
+//	 "upgrade":{"seq":3},
+//	 "control":{"path":"/run/x.pid.ctl", "fd":11, "owned_file":{"Dev":25, "Ino":999}}}
 //
 // Fields:
 //   - format and version: a reader refuses another format, and a version
@@ -56,6 +57,10 @@ import (
 //   - pending: signals the old image had received but not acted on, which
 //     the new image acts on: a HUP, and the name of a TERM, INT or QUIT.
 //   - upgrade: the number of the last upgrade attempt, for the result file.
+//   - control (optional, version 1): the control socket (see ControlPath):
+//     its path, listening descriptor, and the identity of its file, which
+//     the server removes at exit. A reader that does not know it leaves the
+//     descriptor open and unserved, and the file in place.
 //
 // Every descriptor named is open in the new image without close-on-exec;
 // the new image sets the flag again at once.
@@ -73,6 +78,7 @@ type State struct {
 	Supervisor supervisor.State `json:"supervisor"`
 	Pending    PendingState     `json:"pending"`
 	Upgrade    UpgradeState     `json:"upgrade"`
+	Control    *ControlState    `json:"control,omitempty"`
 }
 
 // WriterState names the image that wrote a State.
@@ -210,6 +216,11 @@ func (st State) check() error {
 			}
 		}
 	}
+	if c := st.Control; c != nil {
+		if err := name(c.FD, "the control socket"); err != nil {
+			return err
+		}
+	}
 	for _, fd := range st.Supervisor.FDs() {
 		if err := name(fd, "a notify socket"); err != nil {
 			return err
@@ -232,6 +243,9 @@ func (st State) FDs() []int {
 		if l.Command != "" {
 			fds = append(fds, l.ReadEnd)
 		}
+	}
+	if st.Control != nil {
+		fds = append(fds, st.Control.FD)
 	}
 	return append(fds, st.Supervisor.FDs()...)
 }

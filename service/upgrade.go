@@ -517,6 +517,7 @@ func (srv *server) snapshot(pending PendingState) State {
 		Supervisor: srv.sup.Snapshot(),
 		Pending:    pending,
 		Upgrade:    UpgradeState{Seq: srv.up.seq},
+		Control:    srv.ctl.state(),
 	}
 	for i := range srv.socks {
 		s := &srv.socks[i]

@@ -489,6 +489,7 @@ func (s *Supervisor) poolExited(pid int, status syscall.WaitStatus) {
 			s.updateStatus()
 			s.observe(Event{Kind: Exited, Generation: w.gen, PID: pid, Status: status})
 			s.logf("worker %d died unexpectedly with status:%d, restarting", pid, status)
+			s.noteRestart(i)
 			// One that dies soon after it started is failing to start.
 			early := s.now().Sub(w.started) < s.cfg.Interval+time.Second
 			if early {

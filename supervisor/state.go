@@ -60,6 +60,10 @@ import (
 //     and how many failed in a row (failures); the generation its empty
 //     slots are refilled with (gen), and the generation being rolled out
 //     (roll_gen, 0 for none).
+//   - record (optional, any version): what View reports beyond the loop's
+//     state: the last reload (generation, started, ended as RFC 3339 times,
+//     outcome, error), the workers replaced after dying (restarts) and
+//     those per slot of a pool (slot_restarts).
 //   - workers: every live worker: its pid, generation, role ("current": it
 //     serves; "starting": not yet counted as started, at most one of each;
 //     "old": an older generation; in a pool "slot": it serves in slot
@@ -98,6 +102,8 @@ type State struct {
 	Deadlines   Deadlines     `json:"deadlines_ns"`
 	Workers     []WorkerState `json:"workers"`
 	Pool        *PoolState    `json:"pool,omitempty"`
+	// Record is what View reports beyond the loop's state (optional).
+	Record *RecordState `json:"record,omitempty"`
 }
 
 // PoolState is a pool's slots (see State).
@@ -257,6 +263,7 @@ func (s *Supervisor) Snapshot() State {
 			Auto:    c.toMono(s.autoAt),
 			Beat:    c.toMono(s.beatAt),
 		},
+		Record: s.record.state(),
 	}
 	add := func(w *worker, role Role) {
 		ws := WorkerState{
@@ -400,6 +407,7 @@ func Restore(cfg Config, st State) (*Supervisor, error) {
 			s.pool.slots[w.slot].next = w
 		}
 	}
+	s.record = recordOf(st.Record)
 	s.restored = true
 	return s, nil
 }

@@ -201,6 +201,9 @@ type Supervisor struct {
 	quit          chan struct{}    // closed when Run returns
 	now           func() time.Time // for tests
 
+	// record is what View reports beyond the loop's own state.
+	record record
+
 	// Floods of these cost a line and a count, not a line each.
 	ignoredNotify *ratelog.Limiter
 	orphanExits   *ratelog.Limiter
@@ -848,6 +851,7 @@ func (s *Supervisor) exited(pid int, status syscall.WaitStatus) {
 		s.updateStatus()
 		s.observe(Event{Kind: Exited, Generation: w.gen, PID: pid, Status: status})
 		s.logf("worker %d died unexpectedly with status:%d, restarting", pid, status)
+		s.noteRestart(-1)
 		// A worker that dies soon after it started is failing to start, and
 		// is retried with backoff; one that ran a while is restarted at once.
 		if s.now().Sub(w.started) < s.cfg.Interval+time.Second {
@@ -1069,6 +1073,7 @@ func (s *Supervisor) notReady() {
 }
 
 func (s *Supervisor) observe(e Event) {
+	s.noteReload(e)
 	if s.cfg.Observer != nil {
 		e.Summary = s.summary()
 		e.Ready = s.everReady

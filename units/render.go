@@ -152,6 +152,8 @@ func renderService(spec Spec) string {
 		fmt.Fprintf(&b, "ExecReload=%s --restart --timeout=90%s\n", commandLine([]string{spec.Binary}), files)
 	} else {
 		b.WriteString("Type=notify-reload\n")
+		b.WriteString("# ss-bridge's control socket (ss-bridge status, ss-bridge scale) is made here.\n")
+		fmt.Fprintf(&b, "RuntimeDirectory=%s\n", spec.Name)
 		fmt.Fprintf(&b, "ExecStart=%s\n", commandLine(append(append(args, "--"), spec.Command...)))
 	}
 	b.WriteString("# Only ss-bridge talks to systemd; each worker gets a notify socket of its own.\n")

@@ -16,7 +16,7 @@ func TestRenderPicksTheServiceTypeBySystemdVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := files[0].Content
-	for _, want := range []string{"Type=notify-reload\n", "NotifyAccess=main\n", "KillMode=mixed\n", "Restart=on-failure\n", "TimeoutStopSec=90\n",
+	for _, want := range []string{"Type=notify-reload\n", "RuntimeDirectory=app\n", "NotifyAccess=main\n", "KillMode=mixed\n", "Restart=on-failure\n", "TimeoutStopSec=90\n",
 		`ExecStart=/usr/bin/ss-bridge --port=8080 -- /srv/app "a b" 50%%` + "\n", "FileDescriptorStoreMax=64\n"} {
 		if !strings.Contains(svc, want) {
 			t.Errorf("service lacks %q:\n%s", want, svc)

@@ -147,6 +147,26 @@ func TestCommandsAgainstSystemd(t *testing.T) {
 		if gen, err := get(port); err != nil || gen != 6 {
 			t.Fatalf("the old generation stopped serving: generation %d, %v", gen, err)
 		}
+		// The unit's control socket, in its RuntimeDirectory=, has the live
+		// account of that reload.
+		out, code = run(t, c, bridge, "status", "--json", "web")
+		var r struct {
+			Live *struct {
+				Serving    int `json:"serving"`
+				LastReload struct {
+					Generation int    `json:"generation"`
+					Outcome    string `json:"outcome"`
+					Error      string `json:"error"`
+				} `json:"last_reload"`
+			} `json:"live"`
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil || code != 0 || r.Live == nil || r.Live.Serving != 1 ||
+			r.Live.LastReload.Outcome != "failed" || r.Live.LastReload.Generation != 7 || !strings.Contains(r.Live.LastReload.Error, "exited with status 768") {
+			t.Errorf("status --json after a failed reload: exit %d, %v: %s", code, err, out)
+		}
+		if out, code := run(t, c, bridge, "scale", "web", "2"); code != 1 || out != "ss-bridge: scale: the server runs a single worker: scaling needs --workers\n" {
+			t.Errorf("scale of a single worker: exit %d: %q", code, out)
+		}
 	})
 
 	// A reload job queued while a start job runs is merged into it by
@@ -282,6 +302,45 @@ func TestCommandsAgainstSystemd(t *testing.T) {
 		if gen, err := get(port); err != nil || gen != 2 {
 			t.Fatalf("after reload: generation %d, %v", gen, err)
 		}
+		// The legacy unit's control socket is beside its pid file.
+		if out, code := run(t, c, bridge, "status", "--json", "old"); code != 0 || !strings.Contains(out, `"live":{"generation":2,`) {
+			t.Errorf("status --json old: exit %d: %s", code, out)
+		}
+	})
+
+	// scale UNIT N goes through the unit's control socket, in its
+	// RuntimeDirectory=, and returns once N workers serve.
+	t.Run("scale a pool", func(t *testing.T) {
+		port := freePort(t)
+		out, code := run(t, c, bridge, "unit", "--name=pool", "--port=127.0.0.1:"+port, "--workers=2",
+			"--interval=0.2", "--install", "--now", "--", c.GuestPath("testworker"))
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+		defer c.Systemctl("stop", "pool.service")
+		if gen, err := get(port); err != nil || gen != 1 {
+			t.Fatalf("generation %d, %v", gen, err)
+		}
+		l := startLoad(port, 4)
+		for _, n := range []int{6, 1} {
+			out, code := run(t, c, bridge, "scale", "--timeout=30", "pool", strconv.Itoa(n))
+			want := fmt.Sprintf("%d workers serving\n", n)
+			if n == 1 {
+				want = "1 worker serving\n"
+			}
+			if code != 0 || out != want {
+				t.Fatalf("scale pool %d: exit %d: %q", n, code, out)
+			}
+			out, code = run(t, c, bridge, "status", "--json", "pool")
+			var r struct {
+				Live *struct{ Workers, Serving int } `json:"live"`
+			}
+			if err := json.Unmarshal([]byte(out), &r); err != nil || code != 0 || r.Live == nil || r.Live.Workers != n || r.Live.Serving != n {
+				t.Errorf("status --json pool after scale %d: exit %d, %v: %s", n, code, err, out)
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+		l.Finish(t, "scaling a unit's pool 2 -> 6 -> 1")
 	})
 }
 

@@ -25,11 +25,12 @@ func TestStandaloneStatusFollowsLSB(t *testing.T) {
 	b.waitLine(5*time.Second, `^starting new worker (\d+)$`, 1)
 	w := b.worker(1, 5*time.Second)
 	waitStatus(t, statusFile, statusLine(1, w), 5*time.Second)
+	// The live state, through the control socket beside the pid file.
 	r := status("--status-file=" + statusFile)
-	if want := fmt.Sprintf("running (pid %d)\ngeneration 1: pid %d\n", b.pid, w); r.code != 0 || r.stdout != want {
+	want := fmt.Sprintf(`^running \(pid %d\)\nsummary: generation 1 \(pid %d\) serving\nrestarts: 0\ngeneration 1: pid %d\n  serving since \S+\n$`, b.pid, w, w)
+	if r.code != 0 || !re(want).MatchString(r.stdout) {
 		t.Fatalf("running: exit %d: %q, want %q", r.code, r.stdout, want)
 	}
-	// Without the status file, the generations come from the workers.
 	r = status("--json")
 	var rep struct {
 		Running     bool `json:"running"`
