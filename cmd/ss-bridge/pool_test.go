@@ -363,11 +363,11 @@ func TestPoolNotifiesSystemd(t *testing.T) {
 // worker that dies within --interval + 1 s of its start as failing to start
 // (it backs off); during a roll the same death should stop the roll, so that
 // only the K slots already handed to the bad build are lost and the other
-// old workers keep serving. (Fails as of the pool merge: each new worker
-// counts as started after 0.3 s, its slot's old worker is sent TERM, it dies
-// at 0.6 s "unexpectedly" and is refilled, and the roll goes on through every
-// slot; the pool ends up with no old worker and a crash loop in each slot.
-// ss-bench's pool scenario showed it with Node.js and --interval=1.) A slot
+// old workers keep serving. (It failed before that: each new worker counted
+// as started after 0.3 s, its slot's old worker was sent TERM, it died at
+// 0.6 s "unexpectedly" and was refilled, and the roll went on through every
+// slot, leaving no old worker and a crash loop in each slot; ss-bench's pool
+// scenario showed it with Node.js and --interval=1.) A slot
 // whose new worker counted as started before the first death is handed
 // over, as the README says of slots already replaced.
 func TestPoolRollStopsWhenANewWorkerDiesRightAfterItsInterval(t *testing.T) {

@@ -236,9 +236,9 @@ func TestPoolRollingReloadBadBuild(t *testing.T) {
 // and the others are sent TERM; the old workers keep serving. The failure
 // must stay visible: `ss-bridge reload` exits 1 naming it, and StatusText
 // keeps "reload failed: ..." until the next reload, as it does for a single
-// worker. (Fails as of the pool merge: the exits of the 3 new workers told
-// to go rewrite STATUS= to "generation 1: 4/4 serving" a few milliseconds
-// after "reload failed: ...".)
+// worker. (It failed before the observer kept the failure: the exits of the
+// 3 new workers told to go rewrote STATUS= to "generation 1: 4/4 serving" a
+// few milliseconds after "reload failed: ...".)
 func TestPoolWholeGenerationBadBuildStaysReported(t *testing.T) {
 	r := newRig(t)
 	r.poolUnit("")
