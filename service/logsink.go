@@ -126,6 +126,9 @@ func (l *logSink) watch() {
 			}
 			pidfd.Close()
 			pid := l.pid
+			// Gone: a self-upgrade during the backoff must not take the
+			// dead pid for a running command (see adoptLog).
+			l.pid, l.pidfd = 0, nil
 			if time.Since(l.started) >= logRestartReset {
 				l.backoff = logRestartMin
 			}
@@ -452,11 +455,19 @@ func adoptLog(st *LogState) *logSink {
 	if l.command == "" {
 		return l
 	}
-	// Our child still, or a zombie the loop has not reaped yet: the pid
-	// cannot have been reused.
-	pidfd, err := unix.PidfdOpen(st.PID, 0)
+	// No command ran at the exec (it had exited and was waiting for its
+	// restart), or it has exited since: start it now, or nothing would read
+	// the pipe and the workers would block once it is full.
+	var pidfd int
+	var err error = unix.ESRCH
+	if st.PID > 0 {
+		pidfd, err = unix.PidfdOpen(st.PID, 0)
+	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ss-bridge: watch log command %q (pid %d): %v\n", l.command, st.PID, err)
+		l.pid = 0
+		if err := l.start(); err != nil {
+			fmt.Fprintf(os.Stderr, "ss-bridge: restart log command %q: %v\n", l.command, err)
+		}
 		return l
 	}
 	unix.CloseOnExec(pidfd)

@@ -675,3 +675,32 @@ func TestUpgradeResultNotWrittenThroughASymlink(t *testing.T) {
 		t.Fatalf("the file a planted symlink points at was overwritten: %q", data)
 	}
 }
+
+// A self-upgrade while the --log-file command is down, waiting for its restart: the new
+// image must start it, or nothing reads the log pipe any more (the old image's copy to
+// stderr ends with the exec) and the workers block once it is full.
+func TestUpgradeWhileTheLogCommandIsDown(t *testing.T) {
+	bins := upgradeBins(t)
+	logged := filepath.Join(t.TempDir(), "log")
+	s := startUpgradeServer(t, []string{"--log-file=| head -c 20 >> " + logged},
+		"sh", "-c", "while :; do echo tick; sleep 0.05; done")
+	// The fifth exit is followed by a wait of 1.6 s before the restart.
+	s.waitLine(30*time.Second, `log command .* exited; writing the log here`, 5)
+	install(t, bins[1], s.exe, 0o755)
+	mustUpgrade(t, s.pidFile, s.pid, versionA, versionB)
+	size := func() int64 {
+		st, err := os.Stat(logged)
+		if err != nil {
+			return 0
+		}
+		return st.Size()
+	}
+	before := size()
+	deadline := time.Now().Add(5 * time.Second)
+	for size() <= before {
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing reached the log command after the upgrade (%d bytes)", before)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
