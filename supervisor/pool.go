@@ -88,7 +88,11 @@ func (p *pool) release(old map[int]*worker) {
 
 func (p *pool) deadlines(consider func(time.Time)) {
 	for _, sl := range p.slots {
-		consider(sl.retryAt)
+		if sl.cur == nil && sl.next == nil {
+			// Only an empty slot waits for a retry; a stale retryAt on a
+			// slot that serves would wake the loop at once, forever.
+			consider(sl.retryAt)
+		}
 		if sl.next != nil {
 			consider(sl.next.readyAt)
 		}
@@ -199,6 +203,20 @@ func (s *Supervisor) advance() {
 	}
 	if p.rollGen == 0 {
 		return // a start just failed and stopped the roll
+	}
+	if !s.cfg.Rolling && s.wholeReady() {
+		// Every new worker counts as started, however the last one got
+		// there (a slot whose old worker died meanwhile was filled on its
+		// own by poolReady, or a slot was removed): promote the waiting ones.
+		var waiting []int
+		for i, sl := range p.slots {
+			if sl.next != nil && sl.next.readyAt.IsZero() {
+				waiting = append(waiting, i)
+			}
+		}
+		if len(waiting) > 0 {
+			s.promote(waiting)
+		}
 	}
 	for _, sl := range p.slots {
 		if sl.cur == nil || sl.cur.gen < p.rollGen || sl.next != nil {
@@ -324,6 +342,7 @@ func (s *Supervisor) promote(slots []int) {
 			s.old[sl.cur.pid] = sl.cur
 		}
 		sl.cur, sl.next = sl.next, nil
+		sl.retryAt = time.Time{} // it serves: nothing to retry
 	}
 	s.updateStatus()
 	if len(retired) == 0 {
@@ -497,7 +516,7 @@ func (s *Supervisor) poolExited(pid int, status syscall.WaitStatus) {
 			} else {
 				sl.failures = 0
 			}
-			if early && s.pool.rollGen != 0 && w.gen == s.pool.rollGen {
+			if early && s.everReady && s.pool.rollGen != 0 && w.gen == s.pool.rollGen {
 				// A worker of the roll's generation that outlived
 				// --interval only just is a bad build all the same: it
 				// takes no more slots.
