@@ -584,6 +584,9 @@ func removeStaleFiles(pid int, pidFile, statusFile string) {
 	if statusFile != "" {
 		os.Remove(statusFile)
 	}
+	// The files a server keeps beside its pid file go with it.
+	os.Remove(service.ControlPath(pidFile, ""))
+	os.Remove(service.ResultFile(pidFile))
 	os.Remove(pidFile)
 }
 

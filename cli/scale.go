@@ -123,14 +123,11 @@ func controlPathOfProcess(pid int) string {
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	args := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
 	pidFile := ""
-	for i, a := range args {
-		if a == "--" {
-			break
-		}
-		if v, ok := strings.CutPrefix(a, "--pid-file="); ok {
-			pidFile = v
-		} else if a == "--pid-file" && i+1 < len(args) {
-			pidFile = args[i+1]
+	// The server's own parser: --pid F, -pid-file=F and the other forms
+	// Getopt::Long accepts name the same file.
+	if len(args) > 1 {
+		if o, err := Parse(args[1:]); err == nil {
+			pidFile = o.PidFile
 		}
 	}
 	runtimeDir := ""

@@ -160,11 +160,13 @@ func (srv *server) serveControl() {
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
-				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() {
-					continue
+				if errors.Is(err, net.ErrClosed) {
+					return // closed at exit
 				}
-				return // closed at exit
+				// Out of descriptors, say: the socket must keep serving
+				// once they are back, not be dead while still bound.
+				time.Sleep(100 * time.Millisecond)
+				continue
 			}
 			// Refused at once, a stranger holds nothing; the reply is a
 			// few bytes, which the socket's buffer takes without waiting.

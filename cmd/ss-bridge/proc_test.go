@@ -323,11 +323,14 @@ func TestForcedStopRemovesStaleFiles(t *testing.T) {
 	w := b.worker(1, 5*time.Second)
 	waitStatus(t, statusFile, statusLine(1, w), 5*time.Second)
 	b.waitLine(5*time.Second, `gen 1 serving`, 1)
+	if !fileExists(pidFile + ".ctl") {
+		t.Fatalf("no control socket %s.ctl", pidFile)
+	}
 	r := runBridgeCmd(t, 10*time.Second, nil, "stop", "--pid-file="+pidFile, "--status-file="+statusFile, "--timeout=0.5", "--force")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %q", r.code, r.stderr)
 	}
-	for _, f := range []string{pidFile, statusFile} {
+	for _, f := range []string{pidFile, statusFile, pidFile + ".ctl"} {
 		if fileExists(f) {
 			t.Errorf("%s left behind by stop --force", f)
 		}
