@@ -402,7 +402,7 @@ func standaloneStatus(o *Options) (report, int) {
 	case errors.Is(err, os.ErrNotExist):
 		r.Message = "not running (no pid file)"
 		return r, lsbNotRunning
-	case err != nil && pid == 0:
+	case err != nil:
 		if pid, perr := service.ReadPid(o.PidFile); perr == nil {
 			r.PID = pid
 			r.Message = fmt.Sprintf("not running (stale pid file %s, pid %d)", o.PidFile, pid)

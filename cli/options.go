@@ -126,16 +126,11 @@ func watchdogValue(v string) (time.Duration, error) {
 	return d, err
 }
 
-// maxWorkers bounds --workers and --max-surge: far more processes than one
-// machine's sockets are worth sharing, and a typo's extra zeros are an error
-// rather than a fork bomb.
-const maxWorkers = 1024
-
 // countValue reads --workers or --max-surge.
 func countValue(v string) (int, error) {
 	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err != nil || n < 1 || n > maxWorkers {
-		return 0, fmt.Errorf("a whole number from 1 to %d expected", maxWorkers)
+	if err != nil || n < 1 || n > supervisor.MaxWorkers {
+		return 0, fmt.Errorf("a whole number from 1 to %d expected", supervisor.MaxWorkers)
 	}
 	return n, nil
 }

@@ -397,7 +397,6 @@ func (srv *server) execUpgrade(version string) {
 		}
 	}
 	st := srv.snapshot(pending)
-	st.Upgrade.Seq = u.seq
 	var cand unix.Stat_t
 	if err := unix.Fstat(int(u.cand.Fd()), &cand); err == nil {
 		st.ExeFD = &ExeFDState{FD: int(u.cand.Fd()), File: activation.FileID{Dev: uint64(cand.Dev), Ino: cand.Ino}}
