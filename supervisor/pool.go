@@ -435,10 +435,11 @@ func (s *Supervisor) slotFailed(i int, startedAt time.Time, err error, gen, pid 
 		s.stopRoll()
 	} else {
 		s.slotBackoff(i, startedAt)
-		if p.rollGen != 0 && s.everReady {
-			// The refill of an empty slot failed while a reload's roll
-			// goes on: that reload has not failed (StartFailed would tell
-			// systemd so), and the slot is retried.
+		if s.everReady {
+			// The refill of an empty slot failed, during a reload's roll or
+			// not: no reload or start has failed (StartFailed would tell
+			// systemd so, and the status would say it until the next
+			// reload), and the slot is retried; the summary says so.
 			s.observe(Event{Kind: Exited, Generation: gen, PID: pid})
 			return
 		}

@@ -69,3 +69,23 @@ func TestPoolFirstGenerationEarlyDeathStillBecomesReady(t *testing.T) {
 	h.s.messages <- workerMessage{pid: 103, msg: readyMessage()}
 	h.waitEvent(Started, 1)
 }
+
+// A refill that fails in a pool that serves is no failed start or reload:
+// StartFailed would have systemd's status say "start failed" until the next
+// reload, while the other slots serve and the slot is retried.
+func TestPoolFailedRefillIsNoFailedStart(t *testing.T) {
+	h := start(t, Config{Workers: 2, ReadyByNotify: true, ReadyTimeout: 10 * time.Second, Interval: 10 * time.Millisecond,
+		NotifyDir: shortDir(t)})
+	h.waitFor("two workers", func() bool { return h.spawnCount() == 2 })
+	h.s.messages <- workerMessage{pid: 101, msg: readyMessage()}
+	h.s.messages <- workerMessage{pid: 102, msg: readyMessage()}
+	h.waitEvent(Started, 1)
+	time.Sleep(1100 * time.Millisecond) // past --interval + 1 s: an unexpected death, refilled at once
+	h.os.exit(101, 0)
+	h.waitFor("a refill", func() bool { return h.spawnCount() == 3 })
+	h.os.exit(103, 1<<8)
+	h.waitFor("the refill's exit handled", func() bool { return h.count(Exited) >= 2 })
+	if n := h.count(StartFailed); n != 0 {
+		t.Errorf("%d StartFailed events for a failed refill, want 0", n)
+	}
+}
