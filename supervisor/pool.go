@@ -553,6 +553,9 @@ func (s *Supervisor) poolScale(sig syscall.Signal) {
 		gone := map[int]*worker{}
 		for _, w := range []*worker{sl.cur, sl.next} {
 			if w != nil {
+				// One still starting never served: it is no old
+				// generation of the status file.
+				w.failedStart = w == sl.next
 				w.readyAt = time.Time{}
 				gone[w.pid] = w
 				s.old[w.pid] = w
