@@ -21,7 +21,7 @@ func serve(o *Options) error {
 	// has a channel of its own, so that a flood of one cannot crowd out a
 	// TERM. QUIT stops the server as TERM does: Go's default action (a stack
 	// dump and exit) would leave the pid, status and socket files behind.
-	signals, stopSignals := supervisor.NotifySignals()
+	signals, stopSignals := service.NotifySignals()
 	defer stopSignals()
 	if o.Daemonize && o.LogFile == "" {
 		return errors.New("--log-file option must be specified together with --daemonize")
