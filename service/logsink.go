@@ -67,6 +67,9 @@ func openLog(spec string) (*logSink, error) {
 			fallback.Close()
 			return nil, fmt.Errorf("failed to open pipe:%s: %w", spec, err)
 		}
+		// Best effort: with the default 64 KiB, the log of a command that
+		// is down overflows sooner.
+		unix.FcntlInt(uintptr(p[1]), unix.F_SETPIPE_SZ, logPipeSize)
 		l := &logSink{fd: p[1], command: cmd, readEnd: p[0], fallback: fallback, backoff: logRestartMin}
 		if err := l.start(); err != nil {
 			unix.Close(l.fd)
@@ -116,28 +119,38 @@ func (l *logSink) watch() {
 	}
 	go func() {
 		l.mu.Lock()
-		pidfd := l.pidfd
+		pid, pidfd := l.pid, l.pidfd
+		if pid == 0 && l.draining == nil {
+			// Adopted from an earlier image without a running command.
+			l.draining = holdLog(l.readEnd, l.fallback)
+		}
 		l.mu.Unlock()
-		for pidfd != nil && waitReadable(pidfd) {
-			l.mu.Lock()
-			if l.closing {
-				l.mu.Unlock()
-				return
-			}
-			pidfd.Close()
-			pid := l.pid
-			// Gone: a self-upgrade during the backoff must not take the
-			// dead pid for a running command (see adoptLog).
-			l.pid, l.pidfd = 0, nil
-			if time.Since(l.started) >= logRestartReset {
-				l.backoff = logRestartMin
-			}
-			l.draining = startDrain(l.readEnd, l.fallback)
-			l.mu.Unlock()
-			fmt.Fprintf(l.fallback, "ss-bridge: log command %q (pid %d) exited; writing the log here until it is restarted\n", l.command, pid)
-			for {
+		for {
+			if pid != 0 {
+				if pidfd == nil || !waitReadable(pidfd) {
+					return // not watched (no pidfd), or finish closed it
+				}
 				l.mu.Lock()
-				delay := l.backoff
+				if l.closing {
+					l.mu.Unlock()
+					return
+				}
+				pidfd.Close()
+				// Gone: a self-upgrade during the backoff must not take the
+				// dead pid for a running command (see adoptLog).
+				l.pid, l.pidfd = 0, nil
+				if time.Since(l.started) >= logRestartReset {
+					l.backoff = logRestartMin
+				}
+				l.draining = holdLog(l.readEnd, l.fallback)
+				l.mu.Unlock()
+				fmt.Fprintf(l.fallback, "ss-bridge: log command %q (pid %d) exited; keeping the log for it until it is restarted\n", l.command, pid)
+			}
+			var delay time.Duration
+			var err error
+			l.mu.Lock()
+			for {
+				delay = l.backoff
 				l.backoff = min(2*l.backoff, logRestartMax)
 				l.mu.Unlock()
 				time.Sleep(delay)
@@ -146,20 +159,21 @@ func (l *logSink) watch() {
 					l.mu.Unlock()
 					return
 				}
+				// Stopped before the start: the new command reads what was
+				// kept, in order.
 				l.draining.stop()
 				l.draining = nil
-				err := l.start()
-				if err != nil {
-					l.draining = startDrain(l.readEnd, l.fallback)
-				}
-				pid, pidfd = l.pid, l.pidfd
-				l.mu.Unlock()
-				if err == nil {
-					fmt.Fprintf(l.fallback, "ss-bridge: log command %q restarted after %s (pid %d)\n", l.command, delay, pid)
+				if err = l.start(); err == nil {
 					break
 				}
+				l.draining = holdLog(l.readEnd, l.fallback)
+				l.mu.Unlock()
 				fmt.Fprintf(l.fallback, "ss-bridge: restart log command %q: %v\n", l.command, err)
+				l.mu.Lock()
 			}
+			pid, pidfd = l.pid, l.pidfd
+			l.mu.Unlock()
+			fmt.Fprintf(l.fallback, "ss-bridge: log command %q restarted after %s (pid %d)\n", l.command, delay, pid)
 		}
 	}()
 }
@@ -178,22 +192,67 @@ func waitReadable(f *os.File) bool {
 	return err == nil
 }
 
-// drain copies the log pipe to stderr while no command reads it, through a
-// description of its own: non-blocking, so that it can be stopped, while the
-// command's stays blocking.
+// logPipeSize is the capacity asked for the log command's pipe: what the
+// workers can write while the command is down before any of it is diverted
+// (1 MiB is Linux's default pipe-max-size, so no privilege is needed).
+const logPipeSize = 1 << 20
+
+// holdCheck is how often a held log's pipe is looked at while no command
+// runs; holdFull is the share of the pipe that may fill before the log is
+// diverted, leaving the workers room to write for a while after that.
+const (
+	holdCheck = 25 * time.Millisecond
+	holdFull  = 0.75
+)
+
+// drain is what reads the log pipe while no command does. It first reads
+// nothing: the pipe keeps the log, in order, for the command's restart. Only
+// once the pipe is holdFull does it copy what arrives to stderr (the one we
+// started with), through a description of its own, non-blocking so that it
+// can be stopped, so that the workers never block on a full pipe.
 type drain struct {
-	f    *os.File
-	done chan struct{}
+	stopped chan struct{}
+	done    chan struct{}
+	mu      sync.Mutex
+	f       *os.File // the copy's description, once copying
 }
 
-func startDrain(readEnd int, to io.Writer) *drain {
-	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", readEnd), os.O_RDONLY|unix.O_NONBLOCK, 0)
+func holdLog(readEnd int, to io.Writer) *drain {
+	d := &drain{stopped: make(chan struct{}), done: make(chan struct{})}
+	capacity, err := unix.FcntlInt(uintptr(readEnd), unix.F_GETPIPE_SZ, 0)
 	if err != nil {
-		return nil
+		capacity = 64 << 10
 	}
-	d := &drain{f: f, done: make(chan struct{})}
 	go func() {
 		defer close(d.done)
+		tick := time.NewTicker(holdCheck)
+		defer tick.Stop()
+		for {
+			held, err := unix.IoctlGetInt(readEnd, unix.TIOCINQ) // FIONREAD
+			if err != nil || float64(held) >= holdFull*float64(capacity) {
+				break
+			}
+			select {
+			case <-d.stopped:
+				return
+			case <-tick.C:
+			}
+		}
+		f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", readEnd), os.O_RDONLY|unix.O_NONBLOCK, 0)
+		if err != nil {
+			return
+		}
+		d.mu.Lock()
+		select {
+		case <-d.stopped:
+			d.mu.Unlock()
+			f.Close()
+			return
+		default:
+		}
+		d.f = f
+		d.mu.Unlock()
+		fmt.Fprintf(to, "ss-bridge: the log command is still down and its pipe is full; writing the log here until it is restarted\n")
 		io.Copy(ignoreErrors{to}, f)
 	}()
 	return d
@@ -203,9 +262,40 @@ func (d *drain) stop() {
 	if d == nil {
 		return
 	}
-	d.f.SetReadDeadline(time.Now())
+	d.mu.Lock()
+	close(d.stopped)
+	if d.f != nil {
+		d.f.SetReadDeadline(time.Now())
+	}
+	d.mu.Unlock()
 	<-d.done
-	d.f.Close()
+	if d.f != nil {
+		d.f.Close()
+	}
+}
+
+// flushHeld writes what the pipe still holds to w, when we exit with the
+// command down: nobody else will read it.
+func flushHeld(readEnd int, w io.Writer) {
+	buf := make([]byte, 64<<10)
+	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", readEnd), os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fd := int(f.Fd()) // raw reads: EAGAIN means empty, not a wait
+	for {
+		n, err := unix.Read(fd, buf)
+		if n > 0 {
+			w.Write(buf[:n])
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n <= 0 {
+			return
+		}
+	}
 }
 
 // ignoreErrors is a writer that never fails, so that the drain goes on (and
@@ -258,6 +348,9 @@ func (l *logSink) finish(failed bool) {
 	}
 	unix.Close(l.fd)
 	d.stop()
+	if pid == 0 {
+		flushHeld(l.readEnd, l.fallback)
+	}
 	if pidfd != nil {
 		// A command that reads to the end exits once the last writer has
 		// gone; one that does not read is told to go, and then killed,

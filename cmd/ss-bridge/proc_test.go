@@ -208,7 +208,7 @@ func TestDeadLogCommandIsRestarted(t *testing.T) {
 	for gen := 2; gen <= 4; gen++ {
 		b.signal(syscall.SIGHUP)
 		waitServing(t, addr, gen, 5*time.Second)
-		b.waitLine(5*time.Second, `^ss-bridge: log command "head -c 20 >> '.*'" \(pid \d+\) exited; writing the log here until it is restarted$`, gen-1)
+		b.waitLine(5*time.Second, `^ss-bridge: log command "head -c 20 >> '.*'" \(pid \d+\) exited; keeping the log for it until it is restarted$`, gen-1)
 		b.waitLine(5*time.Second, `^ss-bridge: log command "head -c 20 >> '.*'" restarted after .* \(pid \d+\)$`, gen-1)
 	}
 	// Every restarted head got its 20 bytes of the log.
@@ -225,6 +225,67 @@ func TestDeadLogCommandIsRestarted(t *testing.T) {
 	}
 	if n := b.count(`died unexpectedly|seems to have failed to start`); n != 0 {
 		t.Errorf("%d workers died", n)
+	}
+	b.signal(syscall.SIGTERM)
+	if code := b.wait(10 * time.Second); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+}
+
+// What the workers write while the log command is down waits for its restart, in order,
+// rather than going to the stderr ss-bridge started with (which is /dev/null with
+// --daemonize).
+func TestLogWaitsForTheRestartedCommand(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "log")
+	// The first command takes one line and exits; the next one takes the rest. sh's read
+	// takes no more than the line from a pipe, so the command itself loses nothing.
+	command := fmt.Sprintf(`| if [ -e '%[1]s.once' ]; then exec cat >> '%[1]s'; fi; touch '%[1]s.once'; read -r l; echo "$l" >> '%[1]s'`, logFile)
+	b := startBridge(t, "--interval=0", "--log-file="+command, "--",
+		"sh", "-c", "i=0; while :; do i=$((i+1)); echo \"line $i\"; sleep 0.01; done")
+	b.waitLine(10*time.Second, `^ss-bridge: log command .* restarted after .* \(pid \d+\)$`, 1)
+	waitFileContains(t, logFile, 10*time.Second, "line 50\n")
+	b.signal(syscall.SIGTERM)
+	if code := b.wait(10 * time.Second); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 1
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if !strings.HasPrefix(l, "line ") {
+			continue // ss-bridge's own lines
+		}
+		if l != fmt.Sprintf("line %d", want) {
+			t.Fatalf("the log has %q where %q belongs: lines written while the command was down went elsewhere\n%s", l, fmt.Sprintf("line %d", want), data)
+		}
+		want++
+	}
+	if b.count(`^line \d+$`) != 0 {
+		t.Errorf("worker lines reached ss-bridge's stderr: %q", b.log.String())
+	}
+}
+
+// A log command that stays down does not stop the workers: once its pipe is mostly full,
+// what arrives goes to the stderr ss-bridge started with, so writers never block.
+func TestLogOfACommandThatStaysDownOverflowsToStderr(t *testing.T) {
+	t.Parallel()
+	// true reads nothing and exits: the pipe only fills. Lines of 1 KiB, as fast as sh
+	// writes them.
+	b := startBridge(t, "--interval=0", "--log-file=| true", "--",
+		"sh", "-c", "i=0; while :; do i=$((i+1)); printf 'line %d %01000d\\n' $i 0; done")
+	b.waitLine(20*time.Second, `^ss-bridge: the log command is still down and its pipe is full; writing the log here until it is restarted$`, 1)
+	// The worker goes on writing: its lines keep arriving on stderr.
+	n := b.count(`^line \d+ 0+$`)
+	deadline := time.Now().Add(10 * time.Second)
+	for b.count(`^line \d+ 0+$`) < n+1000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker's lines stopped arriving (%d, then %d)", n, b.count(`^line \d+ 0+$`))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	b.signal(syscall.SIGTERM)
 	if code := b.wait(10 * time.Second); code != 0 {

@@ -677,15 +677,15 @@ func TestUpgradeResultNotWrittenThroughASymlink(t *testing.T) {
 }
 
 // A self-upgrade while the --log-file command is down, waiting for its restart: the new
-// image must start it, or nothing reads the log pipe any more (the old image's copy to
-// stderr ends with the exec) and the workers block once it is full.
+// image must start it, or nothing reads the log pipe any more (the old image's watch of the
+// pipe ends with the exec) and the workers block once it is full.
 func TestUpgradeWhileTheLogCommandIsDown(t *testing.T) {
 	bins := upgradeBins(t)
 	logged := filepath.Join(t.TempDir(), "log")
 	s := startUpgradeServer(t, []string{"--log-file=| head -c 20 >> " + logged},
 		"sh", "-c", "while :; do echo tick; sleep 0.05; done")
 	// The fifth exit is followed by a wait of 1.6 s before the restart.
-	s.waitLine(30*time.Second, `log command .* exited; writing the log here`, 5)
+	s.waitLine(30*time.Second, `log command .* exited; keeping the log for it`, 5)
 	install(t, bins[1], s.exe, 0o755)
 	mustUpgrade(t, s.pidFile, s.pid, versionA, versionB)
 	size := func() int64 {
