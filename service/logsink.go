@@ -531,6 +531,13 @@ func (l *logSink) snapshot() *LogState {
 	st := &LogState{FD: l.fd, FallbackFD: int(l.fallback.Fd()), Redirected: l.redirected}
 	if l.command != "" {
 		st.Command, st.ReadEnd, st.PID = l.command, l.readEnd, l.pid
+		if l.pid != 0 && l.pidfd != nil {
+			// Not Fd(), which would make the descriptor blocking under the
+			// poller that watch waits with, should the exec fail.
+			if rc, err := l.pidfd.SyscallConn(); err == nil {
+				rc.Control(func(fd uintptr) { st.PIDFD = int(fd) })
+			}
+		}
 	}
 	return st
 }
@@ -538,7 +545,7 @@ func (l *logSink) snapshot() *LogState {
 // adoptLog takes over the log an earlier image of this process had open,
 // and watches its command again.
 func adoptLog(st *LogState) *logSink {
-	for _, fd := range []int{st.FD, st.FallbackFD, st.ReadEnd} {
+	for _, fd := range []int{st.FD, st.FallbackFD, st.ReadEnd, st.PIDFD} {
 		if fd > 2 {
 			unix.CloseOnExec(fd)
 		}
@@ -548,15 +555,20 @@ func adoptLog(st *LogState) *logSink {
 	if l.command == "" {
 		return l
 	}
-	// No command ran at the exec (it had exited and was waiting for its
-	// restart), or it has exited since: start it now, or nothing would read
-	// the pipe and the workers would block once it is full.
-	var pidfd int
-	var err error = unix.ESRCH
-	if st.PID > 0 {
-		pidfd, err = unix.PidfdOpen(st.PID, 0)
+	// The old image's pidfd is that very command, even if it has exited
+	// (and been reaped) since the snapshot; a pid taken from a state
+	// without one could be another process by now.
+	pidfd, err := st.PIDFD, error(nil)
+	if pidfd == 0 {
+		err = unix.ESRCH
+		if st.PID > 0 {
+			pidfd, err = unix.PidfdOpen(st.PID, 0)
+		}
 	}
 	if err != nil {
+		// No command ran at the exec (it had exited and was waiting for its
+		// restart), or it has exited since: start it now, or nothing would
+		// read the pipe and the workers would block once it is full.
 		l.pid = 0
 		if err := l.start(); err != nil {
 			fmt.Fprintf(os.Stderr, "ss-bridge: restart log command %q: %v\n", l.command, err)

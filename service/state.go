@@ -22,7 +22,8 @@ import (
 //	 "rollback":{"fd":10, "file":{"Dev":2049, "Ino":1200}},
 //	 "sockets":[{"spec":{"Key":"8080", ...}, "fd":3, "inherited":false, "owned_file":null}],
 //	 "pid_file":{"path":"/run/x.pid", "fd":5},
-//	 "log":{"fd":7, "fallback_fd":6, "redirected":true, "command":"logger", "read_end":8, "pid":4321},
+//	 "log":{"fd":7, "fallback_fd":6, "redirected":true, "command":"logger", "read_end":8, "pid":4321,
+//	        "pidfd":12},
 //	 "systemd":{"notify_socket":"/run/systemd/notify", "watchdog_usec":0, "fd_store":false,
 //	            "ready_sent":true, "reloading":false, "upgrading":true,
 //	            "summary":"generation 7 (pid 2001) serving"},
@@ -50,7 +51,10 @@ import (
 //   - pid_file: the locked pid file; the lock belongs to the descriptor.
 //   - log: --log-file: the descriptor our output goes to, the stderr we
 //     started with, whether fds 1 and 2 point at the log, and for a command
-//     the pipe's read end and the command's pid.
+//     the pipe's read end and the command's pid, and (optional, version 1)
+//     a pidfd of that command, so that the new image watches that very
+//     process even if it exited and its pid was reused meanwhile; 0 for
+//     none. A reader that does not know it leaves the descriptor open.
 //   - systemd: NOTIFY_SOCKET, WATCHDOG_USEC and FDSTORE, which the server
 //     removed from its environment at start-up, and what it has told systemd.
 //   - supervisor: the generations; see supervisor.State.
@@ -118,6 +122,7 @@ type LogState struct {
 	Command    string `json:"command,omitempty"`
 	ReadEnd    int    `json:"read_end,omitempty"`
 	PID        int    `json:"pid,omitempty"`
+	PIDFD      int    `json:"pidfd,omitempty"`
 }
 
 // SystemdState is the link to systemd in a State.
@@ -215,6 +220,11 @@ func (st State) check() error {
 				return err
 			}
 		}
+		if l.PIDFD != 0 {
+			if err := name(l.PIDFD, "the log command's pidfd"); err != nil {
+				return err
+			}
+		}
 	}
 	if c := st.Control; c != nil {
 		if err := name(c.FD, "the control socket"); err != nil {
@@ -242,6 +252,9 @@ func (st State) FDs() []int {
 		fds = append(fds, l.FD, l.FallbackFD)
 		if l.Command != "" {
 			fds = append(fds, l.ReadEnd)
+		}
+		if l.PIDFD != 0 {
+			fds = append(fds, l.PIDFD)
 		}
 	}
 	if st.Control != nil {
