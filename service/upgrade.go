@@ -141,6 +141,10 @@ type upgrade struct {
 	timer   *time.Timer
 	// attempt tells the tasks of an attempt from those of later ones.
 	attempt int
+	// last is the outcome of attempt seq, which the control socket
+	// reports: unlike STATUS=, which a worker's status replaces, it stays
+	// until the next attempt's.
+	last *Result
 	// killed are preflight children given up on and not yet reaped.
 	killed map[int]bool
 }
@@ -546,8 +550,10 @@ func (srv *server) snapshot(pending PendingState) State {
 	return st
 }
 
-// writeResult replaces the result file beside the pid file.
+// writeResult records r as the last outcome, for the control socket, and
+// replaces the result file beside the pid file.
 func (srv *server) writeResult(r Result) {
+	srv.up.last = &r
 	if srv.c.PidFile == "" {
 		return
 	}
@@ -573,6 +579,15 @@ func (srv *server) writeResult(r Result) {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "write the upgrade result: %v\n", err)
 	}
+}
+
+// lastResult is the outcome of the last upgrade attempt; Seq 0 for none.
+func (srv *server) lastResult() *Result {
+	if r := srv.up.last; r != nil {
+		c := *r
+		return &c
+	}
+	return &Result{Seq: srv.up.seq, From: srv.c.Version, PID: os.Getpid()}
 }
 
 func (srv *server) removeResult() {
