@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,6 +37,13 @@ const (
 	resumeFDEnv      = "SS_BRIDGE_RESUME_FD"
 	preflightEnv     = "SS_BRIDGE_PREFLIGHT"
 	preflightTimeout = 10 * time.Second
+	// servingGCPercent is GOGC while serving (see run); USR2 raises it to
+	// upgradeGCPercent (a heap goal of 4 MB at least) until the exec or the
+	// attempt's end: the upgrade's few hundred KB of garbage would otherwise
+	// start a collection, whose stop-the-world waits for the vfork of the
+	// preflight and whose marking competes with it, for milliseconds each.
+	servingGCPercent = 20
+	upgradeGCPercent = 100
 )
 
 // upgradeSignals are blocked on the execing thread across the exec, so that
@@ -163,6 +171,7 @@ func (u *upgrade) abandon() {
 }
 
 func (u *upgrade) end() {
+	debug.SetGCPercent(servingGCPercent)
 	u.running = false
 	u.attempt++
 	if u.cand != nil {
@@ -197,6 +206,9 @@ func (srv *server) forwardUpgrades() {
 	for {
 		select {
 		case <-srv.signals.Upgrade:
+			// Raised at once, before the loop takes the task: the
+			// attempt's end lowers it again (or an exec leaves it).
+			debug.SetGCPercent(upgradeGCPercent)
 			srv.task(srv.startUpgrade)
 		case <-srv.done:
 			return
