@@ -243,19 +243,27 @@ func (srv *server) startUpgrade() {
 		fail("open %s: %v", srv.exe, unwrap(err))
 		return
 	}
-	st := srv.snapshot(PendingState{})
-	data, err := json.Marshal(st)
-	if err != nil {
-		cand.Close()
-		fail("encode the state: %v", err)
-		return
-	}
 	u.running, u.cand = true, cand
 	attempt := u.attempt
-	if err := srv.preflight(data); err != nil {
+	// The candidate is started first: its runtime takes milliseconds to
+	// start before it reads the state, which is taken meanwhile, in this
+	// same turn of the loop, so the state of the moment of the fork.
+	stateW, err := srv.preflight()
+	if err != nil {
 		srv.upgradeFailed(err.Error())
 		return
 	}
+	data, err := json.Marshal(srv.snapshot(PendingState{}))
+	if err != nil {
+		stateW.Close()
+		unix.Kill(u.pid, syscall.SIGKILL) // our unreaped child: not reused
+		fail("encode the state: %v", err)
+		return
+	}
+	go func() {
+		stateW.Write(data) // a candidate that does not read it fails anyway
+		stateW.Close()
+	}()
 	u.timer = time.AfterFunc(preflightTimeout, func() {
 		srv.task(func() {
 			if u.attempt != attempt || u.exited {
@@ -267,21 +275,21 @@ func (srv *server) startUpgrade() {
 	})
 }
 
-// preflight starts the candidate with the state on its stdin and reads its
-// answer on its stdout. The candidate is passed as descriptor 3 and run
-// from there, so that what is checked is what is executed, even if the
-// file at the path is replaced meanwhile.
-func (srv *server) preflight(state []byte) error {
+// preflight starts the candidate and returns the pipe to write the state to
+// on its stdin; its answer is read on its stdout. The candidate is passed as
+// descriptor 3 and run from there, so that what is checked is what is
+// executed, even if the file at the path is replaced meanwhile.
+func (srv *server) preflight() (*os.File, error) {
 	u := &srv.up
 	inR, inW, err := os.Pipe()
 	if err != nil {
-		return fmt.Errorf("preflight: pipe: %w", err)
+		return nil, fmt.Errorf("preflight: pipe: %w", err)
 	}
 	replyR, replyW, err := os.Pipe()
 	if err != nil {
 		inR.Close()
 		inW.Close()
-		return fmt.Errorf("preflight: pipe: %w", err)
+		return nil, fmt.Errorf("preflight: pipe: %w", err)
 	}
 	env := append(os.Environ(), preflightEnv+"=1")
 	// On the loop, so on the main thread, like the workers: the candidate
@@ -296,14 +304,10 @@ func (srv *server) preflight(state []byte) error {
 	if err != nil {
 		inW.Close()
 		replyR.Close()
-		return fmt.Errorf("preflight of %s: %w", srv.exe, err)
+		return nil, fmt.Errorf("preflight of %s: %w", srv.exe, err)
 	}
 	u.pid = pid
 	attempt := u.attempt
-	go func() {
-		inW.Write(state) // a candidate that does not read it fails anyway
-		inW.Close()
-	}()
 	go func() {
 		replyR.SetReadDeadline(time.Now().Add(preflightTimeout))
 		line, _ := bufio.NewReader(io.LimitReader(replyR, 4096)).ReadString('\n')
@@ -316,7 +320,7 @@ func (srv *server) preflight(state []byte) error {
 			srv.preflightDone()
 		})
 	}()
-	return nil
+	return inW, nil
 }
 
 // otherChild takes the exit of the preflight child; the loop reaps it.
