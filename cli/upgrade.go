@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"time"
 
@@ -56,6 +57,10 @@ func upgradeStandalone(o *Options) error {
 	if err := unix.Kill(pid, unix.SIGUSR2); err != nil {
 		return fmt.Errorf("send USR2 to the server (pid %d): %w", pid, err)
 	}
+	// The outcome is renamed into place: noticed at once, where polling
+	// would add up to pollEvery to every upgrade.
+	changed := watchDir(filepath.Dir(path))
+	defer changed.close()
 	deadline := deadlineAfter(o.Timeout)
 	for {
 		r, err := service.ReadResult(path)
@@ -75,7 +80,48 @@ func upgradeStandalone(o *Options) error {
 		if deadline.passed() {
 			return fmt.Errorf("no outcome from the server (pid %d) within %s", pid, o.Timeout)
 		}
-		time.Sleep(pollEvery)
+		// Woken by a change, or after pollEvery to see whether the server
+		// still runs.
+		changed.wait(pollEvery)
+	}
+}
+
+// dirWatch tells of files created or renamed into a directory (inotify).
+type dirWatch struct{ fd int }
+
+// watchDir watches dir; if it cannot, wait only sleeps.
+func watchDir(dir string) dirWatch {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return dirWatch{-1}
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE); err != nil {
+		unix.Close(fd)
+		return dirWatch{-1}
+	}
+	return dirWatch{fd}
+}
+
+// wait returns at the next change in the directory, or after d.
+func (w dirWatch) wait(d time.Duration) {
+	if w.fd < 0 {
+		time.Sleep(d)
+		return
+	}
+	fds := []unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(fds, int(d.Milliseconds())); n > 0 {
+		var buf [4096]byte
+		for {
+			if n, _ := unix.Read(w.fd, buf[:]); n <= 0 {
+				break
+			}
+		}
+	}
+}
+
+func (w dirWatch) close() {
+	if w.fd >= 0 {
+		unix.Close(w.fd)
 	}
 }
 
