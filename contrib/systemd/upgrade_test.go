@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -204,6 +205,19 @@ func TestUpgradeUnitWhileWorkerFloodsStatus(t *testing.T) {
 	}
 	if n := strings.Count(r.journal("app.service"), "upgraded from"); n != upgrades {
 		t.Errorf("%d \"upgraded from\" lines in the journal, want %d", n, upgrades)
+	}
+	// A refused candidate is reported as refused, from the control socket too.
+	script := filepath.Join(r.c.HostDir(), "broken")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := copyFile(bins[0], filepath.Join(r.c.HostDir(), "ctl")); err != nil {
+		t.Fatal(err)
+	}
+	r.replaceBridge(script)
+	out, err := r.c.Exec(r.c.GuestPath("ctl"), "upgrade", "--timeout=10", "app.service")
+	if err == nil || !strings.Contains(err.Error(), "app.service (pid "+strconv.Itoa(main)+"): preflight of "+r.bridge+": exited with status 1") {
+		t.Errorf("upgrade to a broken candidate: %v (stdout %q)", err, out)
 	}
 	if m := r.mainPID("app.service"); m != main {
 		t.Errorf("MainPID %d, was %d", m, main)
