@@ -26,7 +26,8 @@ import (
 //
 //  1. open the candidate and run it as a preflight child, which reads the
 //     State on its stdin and answers "ok VERSION" if it can resume from it;
-//  2. on "ok": tell systemd RELOADING=1, take the final State, write it to a
+//  2. on "ok" (not waiting for the candidate's exit, which the new image
+//     reaps): tell systemd RELOADING=1, take the final State, write it to a
 //     sealed memfd, clear close-on-exec on exactly the descriptors it names,
 //     and execve the candidate, whose Run resumes (see resume);
 //  3. on any failure the old image carries on untouched, and says why.
@@ -153,7 +154,8 @@ type upgrade struct {
 	// reports: unlike STATUS=, which a worker's status replaces, it stays
 	// until the next attempt's.
 	last *Result
-	// killed are preflight children given up on and not yet reaped.
+	// killed are preflight children given up on, or left to exit after
+	// the exec by an image that had acted on their answer, not yet reaped.
 	killed map[int]bool
 }
 
@@ -338,16 +340,22 @@ func (srv *server) otherChild(pid int, status syscall.WaitStatus) bool {
 	return true
 }
 
-// preflightDone decides, once the preflight has both answered and exited.
+// preflightDone decides, once the preflight has answered "ok" and has not
+// exited otherwise than with status 0, or has answered and exited. An "ok"
+// is acted on at once, without waiting for the candidate's exit (its
+// process's teardown takes milliseconds): the new image reaps it.
 func (srv *server) preflightDone() {
 	u := &srv.up
-	if !u.running || !u.replied || !u.exited {
+	if !u.running || !u.replied {
 		return
 	}
 	version, ok := strings.CutPrefix(u.reply, "ok ")
-	if ok && u.status.Exited() && u.status.ExitStatus() == 0 {
+	if ok && (!u.exited || u.status.Exited() && u.status.ExitStatus() == 0) {
 		srv.execUpgrade(version)
 		return
+	}
+	if !u.exited {
+		return // the reason may be its exit's
 	}
 	why := u.reply
 	switch {
@@ -417,6 +425,9 @@ func (srv *server) execUpgrade(version string) {
 		}
 	}
 	st := srv.snapshot(pending)
+	if !u.exited {
+		st.Upgrade.Preflight = u.pid
+	}
 	var cand unix.Stat_t
 	if err := unix.Fstat(int(u.cand.Fd()), &cand); err == nil {
 		st.ExeFD = &ExeFDState{FD: int(u.cand.Fd()), File: activation.FileID{Dev: uint64(cand.Dev), Ino: cand.Ino}}

@@ -740,3 +740,35 @@ func TestUpgradeRunsNoGarbageCollection(t *testing.T) {
 		}
 	}
 }
+
+// An "ok" from the preflight is acted on at once, not once the candidate has exited: here
+// the candidate's wrapper lingers 3 s after the real preflight has answered. The upgrade
+// is done well before, and the new image reaps the lingering preflight when it exits,
+// without reporting it as a stray process.
+func TestUpgradeDoesNotWaitForThePreflightsExit(t *testing.T) {
+	bins := upgradeBins(t)
+	s := startUpgradeServer(t, nil)
+	w := s.worker(1, 10*time.Second)
+	script := fmt.Sprintf("#!/bin/sh\nif [ -n \"$SS_BRIDGE_PREFLIGHT\" ]; then %s \"$@\"; status=$?; sleep 3; exit $status; fi\nexec %s \"$@\"\n", bins[1], bins[1])
+	installBytes(t, []byte(script), s.exe, 0o755)
+	t0 := time.Now()
+	mustUpgrade(t, s.pidFile, s.pid, versionA, versionB)
+	if took := time.Since(t0); took > 2500*time.Millisecond {
+		t.Errorf("the upgrade took %v: it waited for the preflight's exit", took.Round(time.Millisecond))
+	}
+	time.Sleep(4 * time.Second) // the preflight has exited
+	for _, pid := range descendants(s.pid) {
+		if st, ok := proc.ReadStat(pid); ok && st.State == 'Z' {
+			t.Errorf("process %d left a zombie", pid)
+		}
+	}
+	if n := s.count(`not a worker`); n != 0 {
+		t.Errorf("%d lines about a process that is not a worker, want none", n)
+	}
+	if got := s.workerPids(); len(got) != 1 || got[0] != w {
+		t.Errorf("workers after the upgrade: %v, want [%d]", got, w)
+	}
+	// The next upgrade, from a plain binary, works as before.
+	install(t, bins[0], s.exe, 0o755)
+	mustUpgrade(t, s.pidFile, s.pid, versionB, versionA)
+}
