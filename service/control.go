@@ -30,7 +30,8 @@ import (
 // server closes the connection:
 //
 //	{"command":"status"}
-//	    -> {"ok":true, "pid":1234, "version":"0.1.0", "view":{...supervisor.View...}}
+//	    -> {"ok":true, "pid":1234, "version":"0.1.0", "view":{...supervisor.View...},
+//	        "upgrade":{...Result of the last self-upgrade attempt, seq 0 for none...}}
 //	{"command":"scale", "workers":8}
 //	    -> {"ok":true, "pid":1234, "version":"0.1.0", "view":{...}}   (the count is set;
 //	       the new workers may still be starting: poll status until view.serving is 8)
@@ -75,6 +76,9 @@ type ControlReply struct {
 	PID     int              `json:"pid,omitempty"`
 	Version string           `json:"version,omitempty"`
 	View    *supervisor.View `json:"view,omitempty"`
+	// Upgrade, in a status reply, is the outcome of the last self-upgrade
+	// attempt (Seq 0: none yet); absent from an ss-bridge too old to say.
+	Upgrade *Result `json:"upgrade,omitempty"`
 }
 
 // ControlState is the control socket in a State.
@@ -216,7 +220,7 @@ func (srv *server) serveConn(conn *net.UnixConn) {
 	case "status":
 		r = srv.onLoop(func() ControlReply {
 			v := srv.sup.View()
-			return ControlReply{OK: true, View: &v}
+			return ControlReply{OK: true, View: &v, Upgrade: srv.lastResult()}
 		})
 	case "scale":
 		r = srv.onLoop(func() ControlReply {

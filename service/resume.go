@@ -88,6 +88,9 @@ func resume(c Config, signals supervisor.Signals, fd int) error {
 
 	srv := &server{c: c, signals: signals, sd: sd, pid: pid, log: log, socks: socks, exe: st.Exe, ctl: ctl}
 	srv.up.seq = st.Upgrade.Seq + 1
+	if p := st.Upgrade.Preflight; p > 0 {
+		srv.up.killed = map[int]bool{p: true}
+	}
 	restore := func(cfg supervisor.Config) (*supervisor.Supervisor, error) {
 		sup, err := supervisor.Restore(cfg, st.Supervisor)
 		if err == nil && failResume != "" {

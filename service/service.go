@@ -60,10 +60,6 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 	// is an EPIPE for them, not death), and we must not die writing to a log
 	// command that has gone.
 	signal.Ignore(syscall.SIGPIPE)
-	// The bridge's live heap is near zero; the default GOGC lets each
-	// restart's garbage double RSS (4 to 9 MB over 1,000 restarts) before a
-	// collection. Collecting sooner costs nothing measurable.
-	debug.SetGCPercent(20)
 	// A self-upgrade execs with USR2 and ALRM blocked on this thread, so
 	// that one arriving then stays pending for the new image; the workers
 	// forked from this thread would inherit the mask.
@@ -290,6 +286,12 @@ func (srv *server) run(cfg supervisor.Config, start func(supervisor.Config) (*su
 		return err
 	}
 	srv.sup = sup
+	// The bridge's live heap is near zero; the default GOGC lets each
+	// restart's garbage double RSS (4 to 9 MB over 1,000 restarts) before a
+	// collection. Collecting sooner costs nothing measurable once serving;
+	// before, in the image a self-upgrade has just executed, a collection
+	// (at 0.8 MB) would delay the resume by milliseconds.
+	debug.SetGCPercent(servingGCPercent)
 	srv.serveControl()
 	go srv.forwardUpgrades()
 	defer srv.removeResult()

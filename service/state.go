@@ -148,6 +148,10 @@ type PendingState struct {
 // UpgradeState is the self-upgrade's own state.
 type UpgradeState struct {
 	Seq int `json:"seq"`
+	// Preflight is the candidate's preflight process if it had answered
+	// but not yet exited at the exec: a child of this process, which the
+	// new image reaps without reporting it.
+	Preflight int `json:"preflight,omitempty"`
 }
 
 const stateFormat = "ss-bridge-state"

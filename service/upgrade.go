@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,7 +26,8 @@ import (
 //
 //  1. open the candidate and run it as a preflight child, which reads the
 //     State on its stdin and answers "ok VERSION" if it can resume from it;
-//  2. on "ok": tell systemd RELOADING=1, take the final State, write it to a
+//  2. on "ok" (not waiting for the candidate's exit, which the new image
+//     reaps): tell systemd RELOADING=1, take the final State, write it to a
 //     sealed memfd, clear close-on-exec on exactly the descriptors it names,
 //     and execve the candidate, whose Run resumes (see resume);
 //  3. on any failure the old image carries on untouched, and says why.
@@ -36,6 +38,13 @@ const (
 	resumeFDEnv      = "SS_BRIDGE_RESUME_FD"
 	preflightEnv     = "SS_BRIDGE_PREFLIGHT"
 	preflightTimeout = 10 * time.Second
+	// servingGCPercent is GOGC while serving (see run); USR2 raises it to
+	// upgradeGCPercent (a heap goal of 4 MB at least) until the exec or the
+	// attempt's end: the upgrade's few hundred KB of garbage would otherwise
+	// start a collection, whose stop-the-world waits for the vfork of the
+	// preflight and whose marking competes with it, for milliseconds each.
+	servingGCPercent = 20
+	upgradeGCPercent = 100
 )
 
 // upgradeSignals are blocked on the execing thread across the exec, so that
@@ -141,7 +150,12 @@ type upgrade struct {
 	timer   *time.Timer
 	// attempt tells the tasks of an attempt from those of later ones.
 	attempt int
-	// killed are preflight children given up on and not yet reaped.
+	// last is the outcome of attempt seq, which the control socket
+	// reports: unlike STATUS=, which a worker's status replaces, it stays
+	// until the next attempt's.
+	last *Result
+	// killed are preflight children given up on, or left to exit after
+	// the exec by an image that had acted on their answer, not yet reaped.
 	killed map[int]bool
 }
 
@@ -159,6 +173,7 @@ func (u *upgrade) abandon() {
 }
 
 func (u *upgrade) end() {
+	debug.SetGCPercent(servingGCPercent)
 	u.running = false
 	u.attempt++
 	if u.cand != nil {
@@ -193,6 +208,9 @@ func (srv *server) forwardUpgrades() {
 	for {
 		select {
 		case <-srv.signals.Upgrade:
+			// Raised at once, before the loop takes the task: the
+			// attempt's end lowers it again (or an exec leaves it).
+			debug.SetGCPercent(upgradeGCPercent)
 			srv.task(srv.startUpgrade)
 		case <-srv.done:
 			return
@@ -227,19 +245,27 @@ func (srv *server) startUpgrade() {
 		fail("open %s: %v", srv.exe, unwrap(err))
 		return
 	}
-	st := srv.snapshot(PendingState{})
-	data, err := json.Marshal(st)
-	if err != nil {
-		cand.Close()
-		fail("encode the state: %v", err)
-		return
-	}
 	u.running, u.cand = true, cand
 	attempt := u.attempt
-	if err := srv.preflight(data); err != nil {
+	// The candidate is started first: its runtime takes milliseconds to
+	// start before it reads the state, which is taken meanwhile, in this
+	// same turn of the loop, so the state of the moment of the fork.
+	stateW, err := srv.preflight()
+	if err != nil {
 		srv.upgradeFailed(err.Error())
 		return
 	}
+	data, err := json.Marshal(srv.snapshot(PendingState{}))
+	if err != nil {
+		stateW.Close()
+		unix.Kill(u.pid, syscall.SIGKILL) // our unreaped child: not reused
+		fail("encode the state: %v", err)
+		return
+	}
+	go func() {
+		stateW.Write(data) // a candidate that does not read it fails anyway
+		stateW.Close()
+	}()
 	u.timer = time.AfterFunc(preflightTimeout, func() {
 		srv.task(func() {
 			if u.attempt != attempt || u.exited {
@@ -251,21 +277,21 @@ func (srv *server) startUpgrade() {
 	})
 }
 
-// preflight starts the candidate with the state on its stdin and reads its
-// answer on its stdout. The candidate is passed as descriptor 3 and run
-// from there, so that what is checked is what is executed, even if the
-// file at the path is replaced meanwhile.
-func (srv *server) preflight(state []byte) error {
+// preflight starts the candidate and returns the pipe to write the state to
+// on its stdin; its answer is read on its stdout. The candidate is passed as
+// descriptor 3 and run from there, so that what is checked is what is
+// executed, even if the file at the path is replaced meanwhile.
+func (srv *server) preflight() (*os.File, error) {
 	u := &srv.up
 	inR, inW, err := os.Pipe()
 	if err != nil {
-		return fmt.Errorf("preflight: pipe: %w", err)
+		return nil, fmt.Errorf("preflight: pipe: %w", err)
 	}
 	replyR, replyW, err := os.Pipe()
 	if err != nil {
 		inR.Close()
 		inW.Close()
-		return fmt.Errorf("preflight: pipe: %w", err)
+		return nil, fmt.Errorf("preflight: pipe: %w", err)
 	}
 	env := append(os.Environ(), preflightEnv+"=1")
 	// On the loop, so on the main thread, like the workers: the candidate
@@ -280,14 +306,10 @@ func (srv *server) preflight(state []byte) error {
 	if err != nil {
 		inW.Close()
 		replyR.Close()
-		return fmt.Errorf("preflight of %s: %w", srv.exe, err)
+		return nil, fmt.Errorf("preflight of %s: %w", srv.exe, err)
 	}
 	u.pid = pid
 	attempt := u.attempt
-	go func() {
-		inW.Write(state) // a candidate that does not read it fails anyway
-		inW.Close()
-	}()
 	go func() {
 		replyR.SetReadDeadline(time.Now().Add(preflightTimeout))
 		line, _ := bufio.NewReader(io.LimitReader(replyR, 4096)).ReadString('\n')
@@ -300,7 +322,7 @@ func (srv *server) preflight(state []byte) error {
 			srv.preflightDone()
 		})
 	}()
-	return nil
+	return inW, nil
 }
 
 // otherChild takes the exit of the preflight child; the loop reaps it.
@@ -318,16 +340,22 @@ func (srv *server) otherChild(pid int, status syscall.WaitStatus) bool {
 	return true
 }
 
-// preflightDone decides, once the preflight has both answered and exited.
+// preflightDone decides, once the preflight has answered "ok" and has not
+// exited otherwise than with status 0, or has answered and exited. An "ok"
+// is acted on at once, without waiting for the candidate's exit (its
+// process's teardown takes milliseconds): the new image reaps it.
 func (srv *server) preflightDone() {
 	u := &srv.up
-	if !u.running || !u.replied || !u.exited {
+	if !u.running || !u.replied {
 		return
 	}
 	version, ok := strings.CutPrefix(u.reply, "ok ")
-	if ok && u.status.Exited() && u.status.ExitStatus() == 0 {
+	if ok && (!u.exited || u.status.Exited() && u.status.ExitStatus() == 0) {
 		srv.execUpgrade(version)
 		return
+	}
+	if !u.exited {
+		return // the reason may be its exit's
 	}
 	why := u.reply
 	switch {
@@ -397,6 +425,9 @@ func (srv *server) execUpgrade(version string) {
 		}
 	}
 	st := srv.snapshot(pending)
+	if !u.exited {
+		st.Upgrade.Preflight = u.pid
+	}
 	var cand unix.Stat_t
 	if err := unix.Fstat(int(u.cand.Fd()), &cand); err == nil {
 		st.ExeFD = &ExeFDState{FD: int(u.cand.Fd()), File: activation.FileID{Dev: uint64(cand.Dev), Ino: cand.Ino}}
@@ -546,8 +577,10 @@ func (srv *server) snapshot(pending PendingState) State {
 	return st
 }
 
-// writeResult replaces the result file beside the pid file.
+// writeResult records r as the last outcome, for the control socket, and
+// replaces the result file beside the pid file.
 func (srv *server) writeResult(r Result) {
+	srv.up.last = &r
 	if srv.c.PidFile == "" {
 		return
 	}
@@ -573,6 +606,15 @@ func (srv *server) writeResult(r Result) {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "write the upgrade result: %v\n", err)
 	}
+}
+
+// lastResult is the outcome of the last upgrade attempt; Seq 0 for none.
+func (srv *server) lastResult() *Result {
+	if r := srv.up.last; r != nil {
+		c := *r
+		return &c
+	}
+	return &Result{Seq: srv.up.seq, From: srv.c.Version, PID: os.Getpid()}
 }
 
 func (srv *server) removeResult() {

@@ -704,3 +704,71 @@ func TestUpgradeWhileTheLogCommandIsDown(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// No garbage collection runs during an upgrade, in the old image or the new one before it
+// reports the outcome: at the GOGC of 20 the bridge runs with, the upgrade's own garbage
+// would start one, whose stop-the-world waits for the preflight's vfork and whose marking
+// competes with the new image's start, for milliseconds each. The runtime's own trace
+// (GODEBUG=gctrace=1, inherited across the exec) says when one runs; the worker is not a
+// Go program, so every trace line is the bridge's or its preflight's.
+func TestUpgradeRunsNoGarbageCollection(t *testing.T) {
+	bins := upgradeBins(t)
+	dir := t.TempDir()
+	exe, pidFile := filepath.Join(dir, "ss-bridge"), filepath.Join(dir, "pid")
+	install(t, bins[0], exe, 0o755)
+	b := startBridgeWith(t, bridgeConfig{bin: exe, env: []string{"GODEBUG=gctrace=1"}},
+		"--port="+fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--pid-file="+pidFile, "--interval=0", "--", "sleep", "100000")
+	waitFileContains(t, pidFile, 10*time.Second, strconv.Itoa(b.pid))
+	const upgrades = 6
+	for i := range upgrades {
+		from, to := versionA, versionB
+		if i%2 == 1 {
+			from, to = versionB, versionA
+		}
+		install(t, bins[(i+1)%2], exe, 0o755)
+		mustUpgrade(t, pidFile, b.pid, from, to)
+	}
+	upgrading := false
+	for _, line := range strings.Split(b.log.String(), "\n") {
+		switch {
+		case strings.HasPrefix(line, "received USR2"):
+			upgrading = true
+		case strings.HasPrefix(line, "upgraded from"):
+			upgrading = false
+		case upgrading && strings.HasPrefix(line, "gc "):
+			t.Errorf("a collection during an upgrade: %s", line)
+		}
+	}
+}
+
+// An "ok" from the preflight is acted on at once, not once the candidate has exited: here
+// the candidate's wrapper lingers 3 s after the real preflight has answered. The upgrade
+// is done well before, and the new image reaps the lingering preflight when it exits,
+// without reporting it as a stray process.
+func TestUpgradeDoesNotWaitForThePreflightsExit(t *testing.T) {
+	bins := upgradeBins(t)
+	s := startUpgradeServer(t, nil)
+	w := s.worker(1, 10*time.Second)
+	script := fmt.Sprintf("#!/bin/sh\nif [ -n \"$SS_BRIDGE_PREFLIGHT\" ]; then %s \"$@\"; status=$?; sleep 3; exit $status; fi\nexec %s \"$@\"\n", bins[1], bins[1])
+	installBytes(t, []byte(script), s.exe, 0o755)
+	t0 := time.Now()
+	mustUpgrade(t, s.pidFile, s.pid, versionA, versionB)
+	if took := time.Since(t0); took > 2500*time.Millisecond {
+		t.Errorf("the upgrade took %v: it waited for the preflight's exit", took.Round(time.Millisecond))
+	}
+	time.Sleep(4 * time.Second) // the preflight has exited
+	for _, pid := range descendants(s.pid) {
+		if st, ok := proc.ReadStat(pid); ok && st.State == 'Z' {
+			t.Errorf("process %d left a zombie", pid)
+		}
+	}
+	if n := s.count(`not a worker`); n != 0 {
+		t.Errorf("%d lines about a process that is not a worker, want none", n)
+	}
+	if got := s.workerPids(); len(got) != 1 || got[0] != w {
+		t.Errorf("workers after the upgrade: %v, want [%d]", got, w)
+	}
+	// The next upgrade, from a plain binary, works as before.
+	install(t, bins[0], s.exe, 0o755)
+	mustUpgrade(t, s.pidFile, s.pid, versionB, versionA)
+}

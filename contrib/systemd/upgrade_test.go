@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -162,5 +163,84 @@ func TestUpgradeUnitRefused(t *testing.T) {
 	r.replaceBridge(bins[1])
 	if out, err := r.c.Exec(ctl, "upgrade", "app.service"); err != nil || !strings.Contains(out, "to "+upgradeVersions[1]) {
 		t.Errorf("upgrade after the refusal: %v %q", err, out)
+	}
+}
+
+// `ss-bridge upgrade UNIT` while the worker floods STATUS=, which ss-bridge forwards:
+// the unit's status is the worker's again moments after the new image says how the
+// upgrade went, so the outcome is read from the control socket (in the unit's
+// RuntimeDirectory=), which keeps it until the next attempt. Each upgrade is reported.
+func TestUpgradeUnitWhileWorkerFloodsStatus(t *testing.T) {
+	bins := versionedBridges(t)
+	r := newRig(t)
+	r.replaceBridge(bins[0])
+	r.writeApp("app", "#!/bin/sh\nexec @WORKER@ -ready -status-flood \"$@\"\n")
+	service := r.unit("app.service", "")
+	if !strings.Contains(service, "\n[Service]\n") {
+		t.Fatal("app.service has no [Service] section")
+	}
+	r.installUnits(map[string]string{
+		"app.socket":  r.unit("app.socket", ""),
+		"app.service": strings.Replace(service, "\n[Service]\n", "\n[Service]\nRuntimeDirectory=app\n", 1),
+	})
+	r.systemctl("start", "app.service")
+	worker, _ := r.ask()
+	main := r.mainPID("app.service")
+	r.waitStatusContains("app.service", "busy", 10*time.Second)
+
+	const upgrades = 3
+	for i := range upgrades {
+		from, to := upgradeVersions[i%2], upgradeVersions[(i+1)%2]
+		r.replaceBridge(bins[(i+1)%2])
+		t0 := time.Now()
+		out, err := r.c.Exec(r.bridge, "upgrade", "--timeout=10", "app.service")
+		if err != nil {
+			t.Fatalf("upgrade %d: %v (stdout %q; status %q)", i+1, err, out, r.property("app.service", "StatusText"))
+		}
+		want := fmt.Sprintf("app.service: upgraded ss-bridge from %s to %s (pid %d unchanged)\n", from, to, main)
+		if out != want {
+			t.Errorf("upgrade %d printed %q, want %q", i+1, out, want)
+		}
+		t.Logf("upgrade %d took %v", i+1, time.Since(t0).Round(time.Millisecond))
+	}
+	if n := strings.Count(r.journal("app.service"), "upgraded from"); n != upgrades {
+		t.Errorf("%d \"upgraded from\" lines in the journal, want %d", n, upgrades)
+	}
+	// A refused candidate is reported as refused, from the control socket too.
+	script := filepath.Join(r.c.HostDir(), "broken")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := copyFile(bins[0], filepath.Join(r.c.HostDir(), "ctl")); err != nil {
+		t.Fatal(err)
+	}
+	r.replaceBridge(script)
+	out, err := r.c.Exec(r.c.GuestPath("ctl"), "upgrade", "--timeout=10", "app.service")
+	if err == nil || !strings.Contains(err.Error(), "app.service (pid "+strconv.Itoa(main)+"): preflight of "+r.bridge+": exited with status 1") {
+		t.Errorf("upgrade to a broken candidate: %v (stdout %q)", err, out)
+	}
+	if m := r.mainPID("app.service"); m != main {
+		t.Errorf("MainPID %d, was %d", m, main)
+	}
+	if pid, _ := r.ask(); pid != worker {
+		t.Errorf("worker %d answers, want %d", pid, worker)
+	}
+	// The flood went on throughout: the worker's status is the unit's again.
+	r.waitStatusContains("app.service", "busy", 10*time.Second)
+}
+
+// waitStatusContains waits until the unit's StatusText contains s.
+func (r *rig) waitStatusContains(unit, s string, timeout time.Duration) {
+	r.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		st := r.property(unit, "StatusText")
+		if strings.Contains(st, s) {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("%s's StatusText %q has no %q after %v", unit, st, s, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
