@@ -135,27 +135,38 @@ func scenarioPool(bins []Binary, p Params, res *Results) {
 			}
 		}
 	}()
+	part := func(name string) bool { return p.PoolParts == nil || p.PoolParts[name] }
 	nodeErr := setupNode()
 	for _, k := range poolKinds(p) {
 		if k.node && nodeErr != nil {
 			res.AddText("pool, "+k.name, "skipped", b.Name, "skipped: no node ("+nodeErr.Error()+")")
 			continue
 		}
-		for _, rolling := range []bool{true, false} {
-			for _, ka := range p.Modes {
-				runPoolRoll(b, k, rolling, ka, p, res)
+		if part("roll") {
+			for _, rolling := range []bool{true, false} {
+				for _, ka := range p.Modes {
+					runPoolRoll(b, k, rolling, ka, p, res)
+				}
 			}
 		}
-		runPoolBadBuild(b, k, false, p, res)
-		if !k.node {
-			runPoolBadBuild(b, k, true, p, res)
+		if part("bad") {
+			runPoolBadBuild(b, k, false, p, res)
+			if !k.node {
+				runPoolBadBuild(b, k, true, p, res)
+			}
 		}
-		for _, ka := range p.Modes {
-			runPoolKill(b, k, ka, p, res)
+		if part("kill") {
+			for _, ka := range p.Modes {
+				runPoolKill(b, k, ka, p, res)
+			}
 		}
-		runPoolScale(b, k, p, res)
+		if part("scale") {
+			runPoolScale(b, k, p, res)
+		}
 	}
-	runPoolCost(bins, p, res)
+	if part("cost") {
+		runPoolCost(bins, p, res)
+	}
 }
 
 // poolWait waits until the status file lists exactly n workers, all of one
