@@ -455,8 +455,16 @@ func runPoolBadBuild(b Binary, k poolKind, noReady bool, p Params, res *Results)
 				oldServing++
 			}
 		}
+		// Started by the roll: up to its stop. A slot whose old worker was
+		// told to go is refilled after it, with the build as it is now,
+		// numbered with the roll's generation; those starts are the slot's
+		// crash loop, counted by the old workers still serving.
+		rolled := in.Log()[logAt:]
+		if i := strings.Index(rolled, "restart stopped"); i >= 0 {
+			rolled = rolled[:i]
+		}
 		started := 0
-		for _, m := range startLine.FindAllStringSubmatch(in.Log()[logAt:], -1) {
+		for _, m := range startLine.FindAllStringSubmatch(rolled, -1) {
 			if g, _ := strconv.Atoi(m[1]); g > gen {
 				started++
 			}
