@@ -427,3 +427,46 @@ func TestPoolRollStopsWhenANewWorkerDiesAfterItCountedAsStarted(t *testing.T) {
 		})
 	}
 }
+
+// Under systemd, a roll stopped by the death of a worker that had counted as
+// started ends the reload as failed: "reload failed: ..." and READY=1, as a
+// failed start does (so that systemctl reload returns and ss-bridge reload
+// exits 1). Before, the roll went on through every slot and the reload ended
+// with every slot "serving" the build that was dying.
+func TestPoolLateDeathFailsTheReload(t *testing.T) {
+	t.Parallel()
+	sd := listenNotify(t)
+	dir := t.TempDir()
+	envdir := filepath.Join(dir, "env")
+	if err := os.Mkdir(envdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	// As in TestPoolRollStopsWhenANewWorkerDiesAfterItCountedAsStarted: the
+	// first new worker dies at 1.75 s, past --interval + 1 s, while the roll
+	// of 6 (3 s) goes on.
+	worker := []string{"sh", "-c", `case "$BUILD" in late) sleep 1.75; exit 3;; esac; exec "$0"`, e2eWorkerBin}
+	b := startBridgeWith(t, bridgeConfig{env: []string{"NOTIFY_SOCKET=" + sd.path}},
+		cmdArgs([]string{"--port=" + addr, "--workers=6", "--rolling", "--interval=0.5", "--envdir=" + envdir}, worker)...)
+	waitReady := func(nth int) string {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if s, ok := lastStatusBefore(sd.received(), nth); ok {
+				return s
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("no READY=1 number %d; received %q", nth, sd.received())
+		return ""
+	}
+	waitReady(1)
+	if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte("late\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.signal(syscall.SIGHUP)
+	s := waitReady(2)
+	if !strings.HasPrefix(s, "reload failed: new worker ") || !strings.Contains(s, "after it started, during the restart") {
+		t.Errorf("status at the reload's READY=1: %q, want the reload failed on the death of a new worker", s)
+	}
+}
