@@ -371,12 +371,15 @@ func runPoolRoll(b Binary, k poolKind, rolling, keepAlive bool, p Params, res *R
 		// that gets no request, with the pool serving and the superdaemon
 		// idle. What the load loses then is the price of the workers'
 		// starts and exits on these cores, which no superdaemon can avoid.
-		var controls []window
+		// Compared with the 500 ms before each, as the rolls are: the
+		// machine's other load varies.
+		var controls, controlSteadies []window
 		var controlErr error
 		if rolling {
 			for r := 0; r < p.PoolRolls && controlErr == nil; r++ {
 				time.Sleep(500 * time.Millisecond)
 				t0 := time.Now()
+				controlSteadies = append(controlSteadies, window{load.Since(t0.Add(-500 * time.Millisecond)), load.Since(t0)})
 				controlErr = controlRoll(k, n)
 				controls = append(controls, window{load.Since(t0), load.Since(time.Now())})
 			}
@@ -435,16 +438,16 @@ func runPoolRoll(b Binary, k poolKind, rolling, keepAlive bool, p Params, res *R
 			fmt.Sprintf("%.0f ms (%.0f ms per worker replaced)", extra, extra/n))
 		if rolling {
 			if controlErr != nil {
-				res.AddText(sc, "control: the same worker starts and exits without a superdaemon, throughput / steady", b.Name, "ERROR: "+controlErr.Error())
+				res.AddText(sc, "control: the same worker starts and exits without a superdaemon, throughput / steady (the 500 ms before each)", b.Name, "ERROR: "+controlErr.Error())
 			} else {
-				ctl := rate(controls)
+				ctl, ctlSteady := rate(controls), rate(controlSteadies)
 				var span time.Duration
 				for _, w := range controls {
 					span += w.to - w.from
 				}
-				res.AddText(sc, "control: the same worker starts and exits without a superdaemon, throughput / steady", b.Name,
-					fmt.Sprintf("%.0f %% (%.0f req/s over %.0f ms each; capacity lost %.0f ms)", 100*ctl/steady, ctl,
-						ms(span)/float64(len(controls)), 1000*perRoll((steady-ctl)*span.Seconds())/steady))
+				res.AddText(sc, "control: the same worker starts and exits without a superdaemon, throughput / steady (the 500 ms before each)", b.Name,
+					fmt.Sprintf("%.0f %% (%.0f of %.0f req/s, over %.0f ms each; capacity lost %.0f ms each)", 100*ctl/ctlSteady, ctl, ctlSteady,
+						ms(span)/float64(len(controls)), 1000*(ctlSteady-ctl)*span.Seconds()/float64(len(controls))/ctlSteady))
 			}
 		}
 		mode := fmt.Sprintf("%s, %s", how, modeName(keepAlive))
