@@ -104,7 +104,7 @@ Options beyond 0.35:
                             its slot in SERVER_STARTER_WORKER_SLOT; TTIN adds
                             one, TTOU removes one
   --rolling                 restart a pool a few workers at a time, stopping
-                            at the first that fails to start
+                            at the first new one that fails to start or dies
   --max-surge=K             with --rolling: new workers started at a time
                             (default 1)
 

@@ -387,6 +387,18 @@ func (s *Supervisor) poolDeadlines(now time.Time) {
 	if s.stopping {
 		return
 	}
+	if !s.cfg.ReadyByNotify {
+		for _, sl := range s.pool.slots {
+			if w := sl.next; w != nil && due(w.readyAt) {
+				// A worker that exited just before its --interval ran out
+				// may have no SIGCHLD in the loop's channel yet: reap before
+				// it counts as started, or its slot's old worker would be
+				// told to go for a dead replacement.
+				s.handleSignal(syscall.SIGCHLD)
+				break
+			}
+		}
+	}
 	for i, sl := range s.pool.slots {
 		if w := sl.next; w != nil && due(w.readyAt) {
 			if s.cfg.ReadyByNotify {
@@ -511,28 +523,33 @@ func (s *Supervisor) poolExited(pid int, status syscall.WaitStatus) {
 			s.logf("worker %d died unexpectedly with status:%d, restarting", pid, status)
 			s.noteRestart(i)
 			// One that dies soon after it started is failing to start.
-			early := s.now().Sub(w.started) < s.cfg.Interval+time.Second
-			if early {
+			if s.now().Sub(w.started) < s.cfg.Interval+time.Second {
 				s.slotBackoff(i, w.started)
 			} else {
 				sl.failures = 0
 			}
-			if early && s.everReady && s.pool.rollGen != 0 && w.gen == s.pool.rollGen {
-				// A worker of the roll's generation that outlived
-				// --interval only just is a bad build all the same: it
-				// takes no more slots.
+			stopped := false
+			if s.everReady && s.pool.rollGen != 0 && w.gen == s.pool.rollGen {
+				// A worker of the roll's generation died while the roll goes
+				// on, however long after it counted as started: the build may
+				// fail after start-up (after its first requests, or after an
+				// --interval shorter than its boot), and it must take no more
+				// slots. After the roll, such a death is any slot's.
 				s.stopRoll()
 				s.observe(Event{Kind: StartFailed, Generation: w.gen, PID: pid, Status: status,
-					Err: fmt.Errorf("new worker %d exited with status %d right after it started", pid, status)})
-				s.advance()
-				s.afterRoll()
-				return
+					Err: fmt.Errorf("new worker %d exited with status %d %ss after it started, during the restart", pid, status, formatSeconds(s.now().Sub(w.started).Round(time.Millisecond)))})
+				stopped = true
 			}
-			// Refilled with its own generation, unless a roll is under way.
+			// Refilled with its own generation, unless a roll is under way:
+			// after a stopped roll too, as the refill runs the command as it
+			// is now, the one the stopped roll started.
 			if s.pool.rollGen == 0 && w.gen > s.pool.gen {
 				s.pool.gen = w.gen
 			}
 			s.advance()
+			if stopped {
+				s.afterRoll()
+			}
 			return
 		}
 	}

@@ -359,3 +359,59 @@ func TestPoolHUPDuringRollWaitsForIt(t *testing.T) {
 		}
 	}
 }
+
+// A worker of the roll's generation that dies while the roll goes on stops
+// it, however long after it counted as started (here past --interval + 1 s,
+// while the roll waits for two old workers to drain): the slots not yet
+// replaced keep their old workers, and the dead one's slot is refilled with
+// its own generation.
+func TestPoolRollStopsWhenAStartedNewWorkerDies(t *testing.T) {
+	tasks := make(chan func())
+	h := start(t, Config{Workers: 3, Rolling: true, MaxSurge: 1, Interval: 100 * time.Millisecond, Tasks: tasks})
+	h.waitEvent(Started, 1)
+	h.signal(syscall.SIGHUP)
+	h.waitFor("two old workers signalled", func() bool { return len(h.os.signalled(syscall.SIGTERM)) == 2 })
+	time.Sleep(1300 * time.Millisecond) // 104, the first new worker, is past --interval + 1 s
+	h.os.exit(104, 9)
+	h.waitEvent(StartFailed, 2)
+	h.waitLog("worker 104 died unexpectedly with status:9, restarting")
+	h.waitLog("restart stopped: 1 of 3 workers run generation 2, the others keep theirs")
+	h.os.exit(101, 0)
+	h.os.exit(102, 0)
+	h.waitFor("slot 0 refilled", func() bool { return h.spawnCount() == 6 })
+	time.Sleep(400 * time.Millisecond)
+	if got := h.os.signalled(syscall.SIGTERM); len(got) != 2 {
+		t.Fatalf("signalled %v, want only 101 and 102, replaced before the death:\n%s", got, h.log)
+	}
+	if n := h.spawnCount(); n != 6 {
+		t.Fatalf("%d workers started, want 3, 2 replacements and slot 0's refill:\n%s", n, h.log)
+	}
+	if slot, gen := slotGen(t, h.os.spawned()[5]); slot != "0" || gen != "2" {
+		t.Errorf("refill in slot %s generation %s, want slot 0 generation 2", slot, gen)
+	}
+	if n := h.count(Reloaded); n != 0 {
+		t.Errorf("a stopped roll was reported done:\n%s", h.log)
+	}
+	onLoop(t, tasks, func() {
+		if got := h.s.poolSummary(); !strings.HasPrefix(got, "generation 1: 1/3 still serving; generation 2: 2/3 serving") {
+			t.Errorf("summary %q", got)
+		}
+	})
+}
+
+// A new worker that exited as its --interval ran out, its SIGCHLD not yet
+// seen, is found dead before it counts as started: its start failed, and
+// the old worker of its slot is not told to go.
+func TestPoolIntervalFindsADeadNewWorker(t *testing.T) {
+	h := start(t, Config{Workers: 2, Rolling: true, Interval: 200 * time.Millisecond})
+	h.waitEvent(Started, 1)
+	h.signal(syscall.SIGHUP)
+	h.waitLog("starting new worker 103 (generation 2, slot 0)")
+	h.os.exitUnnoticed(103, 3<<8)
+	h.waitEvent(StartFailed, 2)
+	h.waitLog("new worker 103 seems to have failed to start, exit status:768")
+	h.waitLog("restart stopped: 0 of 2 workers run generation 2, the others keep theirs")
+	if got := h.os.signalled(syscall.SIGTERM); len(got) != 0 {
+		t.Fatalf("signalled %v for a dead replacement:\n%s", got, h.log)
+	}
+}

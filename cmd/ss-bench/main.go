@@ -61,6 +61,7 @@ func benchMain(args []string, stdout io.Writer) int {
 	systemdCycles := fs.Int("systemd-cycles", 3, "systemctl restart cycles per configuration and mode in the systemd scenario")
 	poolRolls := fs.Int("pool-rolls", 10, "reloads of a pool of 4 under load in the pool scenario")
 	poolKillFor := fs.Duration("pool-kill-for", 20*time.Second, "how long a pool worker is SIGKILLed every second in the pool scenario")
+	poolParts := fs.String("pool-parts", "", "parts of the pool scenario to run, comma-separated: roll,bad,kill,scale,cost, and the workers: go,node (default: all)")
 	out := fs.String("out", "", "also write the report to this file")
 	keep := fs.Bool("keep", false, "keep the instances' files (logs, status, events)")
 	verbose := fs.Bool("v", false, "progress details on stderr")
@@ -97,6 +98,18 @@ func benchMain(args []string, stdout io.Writer) int {
 	p := Params{Runs: max(1, *runs), Rate: *rate, Conns: *conns, Latency: *latency, Window: *window,
 		Restarts: *restarts, Sockets: *sockets, Churn: max(2, *churn), Verbose: *verbose,
 		SystemdCycles: max(1, *systemdCycles), Upgrades: max(1, *upgrades), PoolRolls: max(1, *poolRolls), PoolKillFor: max(time.Second, *poolKillFor)}
+	if *poolParts != "" {
+		p.PoolParts = map[string]bool{}
+		for _, part := range strings.Split(*poolParts, ",") {
+			switch part = strings.TrimSpace(part); part {
+			case "roll", "bad", "kill", "scale", "cost", "go", "node":
+				p.PoolParts[part] = true
+			default:
+				fmt.Fprintf(os.Stderr, "ss-bench: unknown part %q of the pool scenario\n", part)
+				return 2
+			}
+		}
+	}
 	for _, m := range strings.Split(*keepAlive, ",") {
 		switch strings.TrimSpace(m) {
 		case "new":

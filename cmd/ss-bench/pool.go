@@ -135,27 +135,54 @@ func scenarioPool(bins []Binary, p Params, res *Results) {
 			}
 		}
 	}()
+	some := func(names ...string) bool {
+		for _, n := range names {
+			if p.PoolParts[n] {
+				return true
+			}
+		}
+		return false
+	}
+	part := func(name string) bool {
+		if name == "go" || name == "node" {
+			return !some("go", "node") || p.PoolParts[name]
+		}
+		return !some("roll", "bad", "kill", "scale", "cost") || p.PoolParts[name]
+	}
 	nodeErr := setupNode()
 	for _, k := range poolKinds(p) {
+		if !part(map[bool]string{false: "go", true: "node"}[k.node]) {
+			continue
+		}
 		if k.node && nodeErr != nil {
 			res.AddText("pool, "+k.name, "skipped", b.Name, "skipped: no node ("+nodeErr.Error()+")")
 			continue
 		}
-		for _, rolling := range []bool{true, false} {
-			for _, ka := range p.Modes {
-				runPoolRoll(b, k, rolling, ka, p, res)
+		if part("roll") {
+			for _, rolling := range []bool{true, false} {
+				for _, ka := range p.Modes {
+					runPoolRoll(b, k, rolling, ka, p, res)
+				}
 			}
 		}
-		runPoolBadBuild(b, k, false, p, res)
-		if !k.node {
-			runPoolBadBuild(b, k, true, p, res)
+		if part("bad") {
+			runPoolBadBuild(b, k, false, p, res)
+			if !k.node {
+				runPoolBadBuild(b, k, true, p, res)
+			}
 		}
-		for _, ka := range p.Modes {
-			runPoolKill(b, k, ka, p, res)
+		if part("kill") {
+			for _, ka := range p.Modes {
+				runPoolKill(b, k, ka, p, res)
+			}
 		}
-		runPoolScale(b, k, p, res)
+		if part("scale") {
+			runPoolScale(b, k, p, res)
+		}
 	}
-	runPoolCost(bins, p, res)
+	if part("cost") {
+		runPoolCost(bins, p, res)
+	}
 }
 
 // poolWait waits until the status file lists exactly n workers, all of one
@@ -318,8 +345,14 @@ func runPoolRoll(b Binary, k poolKind, rolling, keepAlive bool, p Params, res *R
 		type window struct{ from, to time.Duration }
 		var rolls, steadies []window
 		var took []time.Duration
+		// Where the CPU goes: the superdaemon, its workers (those reaped
+		// too) and the whole machine, in the steady windows and the rolls.
+		var steadyCPU, rollCPU cpuUse
 		for r := 0; r < p.PoolRolls; r++ {
+			beforeSteady := takeCPU(in.PID)
 			time.Sleep(500 * time.Millisecond)
+			atHUP := takeCPU(in.PID)
+			steadyCPU.add(beforeSteady, atHUP)
 			t0 := time.Now()
 			steadies = append(steadies, window{load.Since(t0.Add(-500 * time.Millisecond)), load.Since(t0)})
 			syscall.Kill(in.PID, syscall.SIGHUP)
@@ -329,8 +362,27 @@ func runPoolRoll(b Binary, k poolKind, rolling, keepAlive bool, p Params, res *R
 				return fmt.Errorf("reload %d: %w", r+1, err)
 			}
 			gen = g
+			rollCPU.add(atHUP, takeCPU(in.PID))
 			rolls = append(rolls, window{load.Since(t0), load.Since(time.Now())})
 			took = append(took, time.Since(t0))
+		}
+		// The control: the same workers started and stopped as a roll
+		// does, one at a time, but by this program on a socket of their own
+		// that gets no request, with the pool serving and the superdaemon
+		// idle. What the load loses then is the price of the workers'
+		// starts and exits on these cores, which no superdaemon can avoid.
+		// Compared with the 500 ms before each, as the rolls are: the
+		// machine's other load varies.
+		var controls, controlSteadies []window
+		var controlErr error
+		if rolling {
+			for r := 0; r < p.PoolRolls && controlErr == nil; r++ {
+				time.Sleep(500 * time.Millisecond)
+				t0 := time.Now()
+				controlSteadies = append(controlSteadies, window{load.Since(t0.Add(-500 * time.Millisecond)), load.Since(t0)})
+				controlErr = controlRoll(k, n)
+				controls = append(controls, window{load.Since(t0), load.Since(time.Now())})
+			}
 		}
 		samples := load.Stop()
 		peak := watch.Stop()
@@ -362,6 +414,42 @@ func runPoolRoll(b Binary, k poolKind, rolling, keepAlive bool, p Params, res *R
 		res.Add(sc, "throughput, steady (the 500 ms before each HUP)", PerSec, b.Name, steady)
 		res.Add(sc, "throughput during the reloads", PerSec, b.Name, during)
 		res.AddText(sc, "throughput during the reloads / steady", b.Name, fmt.Sprintf("%.0f %%", 100*during/steady))
+		var rollSpan time.Duration
+		var served int
+		for _, w := range rolls {
+			rollSpan += w.to - w.from
+			served += okRate(samples, w.from, w.to)
+		}
+		perRoll := func(v float64) float64 { return v / float64(len(rolls)) }
+		// Capacity lost: the requests the steady rate would have served in
+		// the reloads' time, less those served, as time at the steady rate.
+		lost := perRoll(steady*rollSpan.Seconds() - float64(served))
+		res.AddText(sc, "capacity lost per reload: requests short of the steady rate (as time at that rate)", b.Name,
+			fmt.Sprintf("%.0f (%.0f ms)", lost, 1000*lost/steady))
+		// CPU in ms from clock ticks (10 ms each; summed over every reload).
+		res.AddText(sc, "CPU per reload: superdaemon / workers (steady: per second) / whole machine busy of available", b.Name,
+			fmt.Sprintf("%.0f ms / %.0f ms (%.0f ms/s) / %.0f %% (steady %.0f %%)", perRoll(rollCPU.bridge), perRoll(rollCPU.workers),
+				steadyCPU.workers/steadyCPU.seconds, 100*rollCPU.busy/rollCPU.total, 100*steadyCPU.busy/steadyCPU.total))
+		// The workers' CPU beyond what the requests served cost at the
+		// steady rate: starting the new ones, their cold first requests,
+		// the old ones' exit.
+		extra := perRoll(rollCPU.workers - float64(served)*steadyCPU.workers/steady/steadyCPU.seconds)
+		res.AddText(sc, "workers' CPU per reload beyond the requests' steady cost (new workers' start, cold requests, old ones' exit)", b.Name,
+			fmt.Sprintf("%.0f ms (%.0f ms per worker replaced)", extra, extra/n))
+		if rolling {
+			if controlErr != nil {
+				res.AddText(sc, "control: the same worker starts and exits without a superdaemon, throughput / steady (the 500 ms before each)", b.Name, "ERROR: "+controlErr.Error())
+			} else {
+				ctl, ctlSteady := rate(controls), rate(controlSteadies)
+				var span time.Duration
+				for _, w := range controls {
+					span += w.to - w.from
+				}
+				res.AddText(sc, "control: the same worker starts and exits without a superdaemon, throughput / steady (the 500 ms before each)", b.Name,
+					fmt.Sprintf("%.0f %% (%.0f of %.0f req/s, over %.0f ms each; capacity lost %.0f ms each)", 100*ctl/ctlSteady, ctl, ctlSteady,
+						ms(span)/float64(len(controls)), 1000*(ctlSteady-ctl)*span.Seconds()/float64(len(controls))/ctlSteady))
+			}
+		}
 		mode := fmt.Sprintf("%s, %s", how, modeName(keepAlive))
 		addPoolTarget(fmt.Sprintf("%d workers, %s: 0 failed requests", n, mode), k.name, c.String(), c.Failed() == 0)
 		addPoolTarget(fmt.Sprintf("%s: peak workers ≤ %d serving or starting, ≤ %d in all", mode, bound, boundAll), k.name,
@@ -444,8 +532,16 @@ func runPoolBadBuild(b Binary, k poolKind, noReady bool, p Params, res *Results)
 				oldServing++
 			}
 		}
+		// Started by the roll: up to its stop. A slot whose old worker was
+		// told to go is refilled after it, with the build as it is now,
+		// numbered with the roll's generation; those starts are the slot's
+		// crash loop, counted by the old workers still serving.
+		rolled := in.Log()[logAt:]
+		if i := strings.Index(rolled, "restart stopped"); i >= 0 {
+			rolled = rolled[:i]
+		}
 		started := 0
-		for _, m := range startLine.FindAllStringSubmatch(in.Log()[logAt:], -1) {
+		for _, m := range startLine.FindAllStringSubmatch(rolled, -1) {
 			if g, _ := strconv.Atoi(m[1]); g > gen {
 				started++
 			}
@@ -791,4 +887,158 @@ func printPoolTargets(w io.Writer) {
 	for _, t := range poolTargets {
 		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", t.target, t.worker, t.figure, map[bool]string{true: "met", false: "NOT MET"}[t.met])
 	}
+}
+
+// cpuSnapshot is the CPU used so far, in ms, from /proc's clock ticks: by a
+// superdaemon, by its workers (live, and reaped: its cutime), and by the
+// whole machine (busy, and in all).
+type cpuSnapshot struct {
+	at                           time.Time
+	bridge, workers, busy, total float64
+}
+
+// ticks reads utime, stime, cutime and cstime from /proc/PID/stat.
+func ticks(pid int) (self, children float64) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0
+	}
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndex(s, ")")+1:]) // f[0] is field 3, state
+	if len(f) < 15 {
+		return 0, 0
+	}
+	field := func(n int) float64 {
+		v, _ := strconv.ParseFloat(f[n-3], 64)
+		return v
+	}
+	return field(14) + field(15), field(16) + field(17)
+}
+
+// msPerTick: USER_HZ, 100 on every Linux this runs on.
+const msPerTick = 10
+
+func takeCPU(bridge int) cpuSnapshot {
+	c := cpuSnapshot{at: time.Now()}
+	self, reaped := ticks(bridge)
+	c.bridge, c.workers = self*msPerTick, reaped*msPerTick
+	for _, w := range children(bridge) {
+		t, r := ticks(w)
+		c.workers += (t + r) * msPerTick
+	}
+	if data, err := os.ReadFile("/proc/stat"); err == nil {
+		f := strings.Fields(strings.SplitN(string(data), "\n", 2)[0]) // cpu user nice system idle iowait irq softirq steal ...
+		for i := 1; i < len(f) && i <= 8; i++ {
+			v, _ := strconv.ParseFloat(f[i], 64)
+			c.total += v * msPerTick
+			if i != 4 && i != 5 {
+				c.busy += v * msPerTick
+			}
+		}
+	}
+	return c
+}
+
+// cpuUse sums the CPU used between pairs of snapshots.
+type cpuUse struct {
+	seconds, bridge, workers, busy, total float64
+}
+
+func (u *cpuUse) add(from, to cpuSnapshot) {
+	u.seconds += to.at.Sub(from.at).Seconds()
+	u.bridge += to.bridge - from.bridge
+	u.workers += to.workers - from.workers
+	u.busy += to.busy - from.busy
+	u.total += to.total - from.total
+}
+
+// controlRoll starts n workers of kind k one after the other, as a rolling
+// restart with a surge of 1 does: each once the one before counts as started
+// (READY, or --interval for Node.js), which is then told to go (TERM); it
+// returns once the last has counted as started and every one has exited.
+// They listen on a socket of their own, which no client knows. The socket
+// is never an *os.File here: its Fd() would make it blocking for every
+// holder, and a worker would then hang in accept(2) when told to go.
+func controlRoll(k poolKind, n int) error {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if err := syscall.Listen(fd, 128); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	port := sa.(*syscall.SockaddrInet4).Port
+	events, err := os.CreateTemp(workDir, "control-*.events")
+	if err != nil {
+		return err
+	}
+	events.Close()
+	defer os.Remove(events.Name())
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	null := devnull.Fd() // a file, not the socket: blocking is harmless
+	var pids []int
+	waited := map[int]bool{}
+	wait := func(pid int) {
+		if !waited[pid] {
+			var ws syscall.WaitStatus
+			syscall.Wait4(pid, &ws, 0, nil)
+			waited[pid] = true
+		}
+	}
+	defer func() {
+		for _, pid := range pids {
+			if !waited[pid] {
+				syscall.Kill(pid, syscall.SIGKILL)
+				wait(pid)
+			}
+		}
+	}()
+	env := append(cleanEnv(), fmt.Sprintf("SERVER_STARTER_PORT=127.0.0.1:%d=3", port), "SERVER_STARTER_GENERATION=0")
+	for i := 0; i < n; i++ {
+		argv := append([]string{selfPath, "worker", "-events=" + events.Name()}, k.wargs...)
+		if k.node {
+			argv = append([]string{nodePath, nodeScript, "-events=" + events.Name()}, k.wargs...)
+		}
+		pid, err := syscall.ForkExec(argv[0], argv, &syscall.ProcAttr{Env: env, Files: []uintptr{null, null, null, uintptr(fd)}})
+		if err != nil {
+			return fmt.Errorf("control worker: %w", err)
+		}
+		pids = append(pids, pid)
+		started := time.Now()
+		// Counts as started: its READY (the Go worker's "ready" event comes
+		// just before it), or --interval=1 for Node.js.
+		for {
+			if k.node {
+				if time.Since(started) >= time.Second {
+					break
+				}
+			} else if data, _ := os.ReadFile(events.Name()); strings.Contains(string(data), fmt.Sprintf("%d ready ", pid)) {
+				break
+			}
+			if time.Since(started) > 30*time.Second {
+				return fmt.Errorf("control worker %d not ready within 30s", pid)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		if i > 0 {
+			syscall.Kill(pids[i-1], syscall.SIGTERM)
+		}
+	}
+	syscall.Kill(pids[n-1], syscall.SIGTERM)
+	for _, pid := range pids {
+		wait(pid)
+	}
+	return nil
 }

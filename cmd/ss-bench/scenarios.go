@@ -28,6 +28,9 @@ type Params struct {
 
 	PoolRolls   int           // reloads of a pool under load
 	PoolKillFor time.Duration // how long a pool's workers are SIGKILLed, one a second
+	// PoolParts: the parts of the pool scenario to run (roll, bad, kill,
+	// scale, cost) and its workers (go, node); none of a kind runs them all.
+	PoolParts map[string]bool
 }
 
 func (p Params) load(addr string, keepAlive bool) LoadConfig {

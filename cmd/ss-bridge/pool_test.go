@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -357,54 +358,115 @@ func TestPoolNotifiesSystemd(t *testing.T) {
 	}
 }
 
-// A bad build that dies just after --interval (a server that boots slower
-// than the interval, then fails: Node.js on a loaded machine, a config error
-// found after start-up) must not take every slot. ss-bridge already treats a
-// worker that dies within --interval + 1 s of its start as failing to start
-// (it backs off); during a roll the same death should stop the roll, so that
-// only the K slots already handed to the bad build are lost and the other
-// old workers keep serving. (It failed before that: each new worker counted
-// as started after 0.3 s, its slot's old worker was sent TERM, it died at
-// 0.6 s "unexpectedly" and was refilled, and the roll went on through every
-// slot, leaving no old worker and a crash loop in each slot; ss-bench's pool
-// scenario showed it with Node.js and --interval=1.) A slot
-// whose new worker counted as started before the first death is handed
-// over, as the README says of slots already replaced.
-func TestPoolRollStopsWhenANewWorkerDiesRightAfterItsInterval(t *testing.T) {
+// A bad build that dies after it counted as started (a server that boots
+// slower than --interval, then fails: Node.js on a loaded machine; a config
+// error found after start-up; a crash at its first requests) must not take
+// every slot: the death of any worker of the roll's generation while the
+// roll goes on stops it, so that only the slots already handed to the build
+// are lost and the other old workers keep serving. Two cases: a death within
+// --interval + 1 s of the start, which ss-bridge also treats as a failed
+// start (it backs off), and one well after that. (Before, the roll went on
+// through every slot: first for both, each new worker counting as started
+// after --interval, its slot's old worker sent TERM, and the worker dying
+// "unexpectedly" and refilled; ss-bench's pool scenario showed it with
+// Node.js and --interval=1. Then, until the roll stopped on any death, for
+// the second.) The next slot's worker may count as started in the same
+// instant as the first one dies, so up to one more slot may be handed over.
+func TestPoolRollStopsWhenANewWorkerDiesAfterItCountedAsStarted(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name              string
+		workers, interval string
+		dieAfter          string // the bad build's life
+		handed            int    // slots handed over before the death: its own and those before
+		rollTakes         time.Duration
+	}{
+		// Counted as started at 0.3 s, dies at 0.6 s; the second worker
+		// counts as started at about the same moment.
+		{"right after its interval", "4", "0.3", "0.6", 2, 1200 * time.Millisecond},
+		// Counted as started at 0.5 s, dies at 1.75 s, past --interval + 1 s,
+		// when slots 1 and 2 have been handed over too (1.0 s, 1.5 s) and slot
+		// 3's worker is starting (due at 2.0 s). The roll of 6 would take 3 s.
+		{"long after its interval", "6", "0.5", "1.75", 3, 3 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			envdir := filepath.Join(dir, "env")
+			if err := os.Mkdir(envdir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			status := filepath.Join(dir, "status")
+			worker := []string{"sh", "-c", `case "$BUILD" in late) sleep ` + tc.dieAfter + `; exit 3;; esac; exec "$0"`, e2eWorkerBin}
+			b := startBridge(t, cmdArgs([]string{"--port=" + addr, "--workers=" + tc.workers, "--rolling", "--interval=" + tc.interval,
+				"--envdir=" + envdir, "--status-file=" + status}, worker)...)
+			n, _ := strconv.Atoi(tc.workers)
+			old := waitPool(t, status, n, 1, 10*time.Second)
+			if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte("late\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			b.signal(syscall.SIGHUP)
+			// Long enough for the roll to have gone through every slot had it
+			// not stopped, and for the first new workers to have died.
+			time.Sleep(tc.rollTakes + 1500*time.Millisecond)
+			alive := 0
+			for _, pid := range old {
+				if proc.Alive(pid) {
+					alive++
+				}
+			}
+			t.Logf("%d of the %d old workers alive; log:\n%s", alive, n, b.log)
+			if want := n - tc.handed - 1; alive < want {
+				t.Errorf("%d of the %d old workers alive after a roll into a build that dies %s s after start with --interval=%s; want the roll stopped at its first death, at least %d serving",
+					alive, n, tc.dieAfter, tc.interval, want)
+			}
+			if got := b.count(`^restart stopped: \d of ` + tc.workers + ` workers run generation 2, the others keep theirs$`); got != 1 {
+				t.Errorf("%d \"restart stopped\" lines, want 1", got)
+			}
+		})
+	}
+}
+
+// Under systemd, a roll stopped by the death of a worker that had counted as
+// started ends the reload as failed: "reload failed: ..." and READY=1, as a
+// failed start does (so that systemctl reload returns and ss-bridge reload
+// exits 1). Before, the roll went on through every slot and the reload ended
+// with every slot "serving" the build that was dying.
+func TestPoolLateDeathFailsTheReload(t *testing.T) {
+	t.Parallel()
+	sd := listenNotify(t)
 	dir := t.TempDir()
 	envdir := filepath.Join(dir, "env")
 	if err := os.Mkdir(envdir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	status := filepath.Join(dir, "status")
-	worker := []string{"sh", "-c", `case "$BUILD" in late) sleep 0.6; exit 3;; esac; exec "$0"`, e2eWorkerBin}
-	b := startBridge(t, cmdArgs([]string{"--port=" + addr, "--workers=4", "--rolling", "--interval=0.3",
-		"--envdir=" + envdir, "--status-file=" + status}, worker)...)
-	old := waitPool(t, status, 4, 1, 10*time.Second)
+	// As in TestPoolRollStopsWhenANewWorkerDiesAfterItCountedAsStarted: the
+	// first new worker dies at 1.75 s, past --interval + 1 s, while the roll
+	// of 6 (3 s) goes on.
+	worker := []string{"sh", "-c", `case "$BUILD" in late) sleep 1.75; exit 3;; esac; exec "$0"`, e2eWorkerBin}
+	b := startBridgeWith(t, bridgeConfig{env: []string{"NOTIFY_SOCKET=" + sd.path}},
+		cmdArgs([]string{"--port=" + addr, "--workers=6", "--rolling", "--interval=0.5", "--envdir=" + envdir}, worker)...)
+	waitReady := func(nth int) string {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if s, ok := lastStatusBefore(sd.received(), nth); ok {
+				return s
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("no READY=1 number %d; received %q", nth, sd.received())
+		return ""
+	}
+	waitReady(1)
 	if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte("late\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	b.signal(syscall.SIGHUP)
-	// Long enough for the roll to go through all 4 slots (4 × 0.3 s) and
-	// for their workers to die.
-	time.Sleep(4 * time.Second)
-	alive := 0
-	for _, pid := range old {
-		if proc.Alive(pid) {
-			alive++
-		}
-	}
-	t.Logf("%d of the 4 old workers alive 4 s after the HUP; log:\n%s", alive, b.log)
-	// The first new worker dies at 0.6 s; the second one, started when the
-	// first counted as started (0.3 s), counts as started itself at about
-	// the same moment, so it may have had its old worker told to go: the
-	// roll stops having handed over at most 2K slots, never all of them.
-	if alive < 2 {
-		t.Errorf("%d of the 4 old workers alive after a roll into a build that dies 0.6 s after start with --interval=0.3; want the roll stopped after at most 2K=2 slots, the others serving", alive)
-	}
-	if b.count(`^restart stopped: `) == 0 {
-		t.Errorf("no \"restart stopped\" line")
+	s := waitReady(2)
+	if !strings.HasPrefix(s, "reload failed: new worker ") || !strings.Contains(s, "after it started, during the restart") {
+		t.Errorf("status at the reload's READY=1: %q, want the reload failed on the death of a new worker", s)
 	}
 }
