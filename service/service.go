@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -51,6 +52,13 @@ type Config struct {
 // left behind: no socket file, pid file or child. In the daemon started by
 // --daemonize, Run is also where that daemon runs.
 func Run(c Config, signals supervisor.Signals) (err error) {
+	// One P. The runtime's monitor thread (sysmon) polls every 20 us while
+	// any P is busy or in a system call, and it leaves a P in a system call
+	// alone for 10 ms while another P is idle: with two Ps, each rename of
+	// the status file (milliseconds on a busy disk) and each fork cost it
+	// dozens of wakeups. With one, it retakes the P from a blocked call after
+	// one tick and sleeps. The loop is one goroutine and never needed two.
+	runtime.GOMAXPROCS(1)
 	// ALRM is caught and not acted on, as 0.35 does.
 	ignored := make(chan os.Signal, 1)
 	signal.Notify(ignored, syscall.SIGALRM)

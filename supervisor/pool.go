@@ -588,9 +588,9 @@ func (s *Supervisor) poolScale(sig syscall.Signal) {
 	s.advance()
 }
 
-// poolUpdateStatus writes one GEN:PID line per live worker that serves or
+// poolWriteStatus writes one GEN:PID line per live worker that serves or
 // drains (not one that failed to start), ordered by generation then pid.
-func (s *Supervisor) poolUpdateStatus() {
+func (s *Supervisor) poolWriteStatus() {
 	var entries []StatusEntry
 	for _, sl := range s.pool.slots {
 		if sl.cur != nil {

@@ -207,6 +207,10 @@ type Supervisor struct {
 	// Floods of these cost a line and a count, not a line each.
 	ignoredNotify *ratelog.Limiter
 	orphanExits   *ratelog.Limiter
+
+	// statusStale: the status file no longer lists the live generations;
+	// flushStatus rewrites it once per turn of the loop.
+	statusStale bool
 }
 
 // loopState is the supervisor's state between two wakes of its loop. It is
@@ -356,6 +360,7 @@ func (s *Supervisor) Run(signals Signals) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for !s.done() {
+		s.flushStatus()
 		s.scheduleAutoRestart()
 		if next, ok := s.nextDeadline(); ok {
 			timer.Reset(max(next.Sub(s.now()), 0))
@@ -374,6 +379,8 @@ func (s *Supervisor) Run(signals Signals) error {
 		case m := <-s.messages:
 			s.handleMessage(m)
 		case task := <-s.cfg.Tasks:
+			// A task may exec this process.
+			s.flushStatus()
 			task()
 		case <-timer.C:
 		}
@@ -404,6 +411,7 @@ func (s *Supervisor) Run(signals Signals) error {
 		}
 		s.runDeadlines()
 	}
+	s.flushStatus()
 	s.ignoredNotify.Flush()
 	s.orphanExits.Flush()
 	s.logf("exiting")
@@ -1029,12 +1037,22 @@ func (s *Supervisor) runDeadlines() {
 	}
 }
 
+// updateStatus marks the status file out of date. It is rewritten once per
+// turn of the loop (flushStatus), not at each change: a rename on a busy
+// disk blocks for milliseconds, and a pool's restart changes it once per
+// worker started and per worker reaped, often several in one turn.
 func (s *Supervisor) updateStatus() {
-	if s.cfg.StatusFile == "" {
+	s.statusStale = s.cfg.StatusFile != ""
+}
+
+// flushStatus writes the status file if updateStatus marked it out of date.
+func (s *Supervisor) flushStatus() {
+	if !s.statusStale {
 		return
 	}
+	s.statusStale = false
 	if s.pool != nil {
-		s.poolUpdateStatus()
+		s.poolWriteStatus()
 		return
 	}
 	genPID := map[int]int{}
@@ -1073,6 +1091,11 @@ func (s *Supervisor) notReady() {
 }
 
 func (s *Supervisor) observe(e Event) {
+	if e.Kind == Started || e.Kind == Reloaded {
+		// Whoever is told that a generation serves (the parent of
+		// --daemonize, systemd's READY=1) may read the status file next.
+		s.flushStatus()
+	}
 	s.noteReload(e)
 	if s.cfg.Observer != nil {
 		e.Summary = s.summary()

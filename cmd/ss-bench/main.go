@@ -156,6 +156,8 @@ func benchMain(args []string, stdout io.Writer) int {
 	run := map[string]func([]Binary, Params, *Results){
 		"hup": scenarioHUP, "burst": scenarioBurst, "restart": scenarioRestart,
 		"cost": scenarioCost, "scale": scenarioScale, "pool": scenarioPool, "systemd": scenarioSystemd, "upgrade": scenarioUpgrade,
+		// Only the pool scenario's superdaemon cost, for work on it.
+		"poolcost": runPoolCost,
 	}
 	for _, name := range strings.Split(*scenarios, ",") {
 		f, ok := run[strings.TrimSpace(name)]
