@@ -95,6 +95,7 @@ func (l *logSink) start() error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	unblockUpgradeSignals()
+	restoreThreadSlack()
 	pidfd := -1
 	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", l.command}, &syscall.ProcAttr{
 		Env:   os.Environ(),

@@ -59,6 +59,9 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 	// dozens of wakeups. With one, it retakes the P from a blocked call after
 	// one tick and sleeps. The loop is one goroutine and never needed two.
 	runtime.GOMAXPROCS(1)
+	// And it sleeps 20 us at a time while the main thread forks: see
+	// runtimeThreadSlack.
+	slackenRuntimeThreads()
 	// ALRM is caught and not acted on, as 0.35 does.
 	ignored := make(chan os.Signal, 1)
 	signal.Notify(ignored, syscall.SIGALRM)
