@@ -305,6 +305,19 @@ func lastStatusBefore(msgs []string, nth int) (string, bool) {
 	return "", false
 }
 
+// waitStatusAtReady waits up to timeout for the nth READY=1 (from 1) and returns the
+// last STATUS= before it.
+func waitStatusAtReady(t *testing.T, sd *fakeSystemd, nth int, timeout time.Duration) string {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if s, ok := lastStatusBefore(sd.received(), nth); ok {
+			return s
+		}
+	}
+	t.Fatalf("no READY=1 number %d; received %q", nth, sd.received())
+	return ""
+}
+
 // Under systemd a pool says READY=1 once every slot serves, ends a reload
 // with READY=1 once the roll is complete, and a stopped roll with
 // "reload failed" and READY=1.
@@ -320,18 +333,7 @@ func TestPoolNotifiesSystemd(t *testing.T) {
 	worker := []string{"sh", "-c", `[ "$BUILD" = bad ] && exit 3; exec "$0" -ready -start-delay=$((SERVER_STARTER_WORKER_SLOT * 200))ms`, e2eWorkerBin}
 	b := startBridgeWith(t, bridgeConfig{env: []string{"NOTIFY_SOCKET=" + sd.path}},
 		cmdArgs([]string{"--port=" + addr, "--workers=3", "--rolling", "--ready=notify", "--envdir=" + envdir}, worker)...)
-	waitReady := func(nth int) string {
-		t.Helper()
-		deadline := time.Now().Add(15 * time.Second)
-		for time.Now().Before(deadline) {
-			if s, ok := lastStatusBefore(sd.received(), nth); ok {
-				return s
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		t.Fatalf("no READY=1 number %d; received %q", nth, sd.received())
-		return ""
-	}
+	waitReady := func(nth int) string { return waitStatusAtReady(t, sd, nth, 15*time.Second) }
 	if s := waitReady(1); s != "generation 1: 3/3 serving" {
 		t.Errorf("status at READY=1: %q, want every slot serving", s)
 	}
@@ -448,18 +450,7 @@ func TestPoolLateDeathFailsTheReload(t *testing.T) {
 	worker := []string{"sh", "-c", `case "$BUILD" in late) sleep 1.75; exit 3;; esac; exec "$0"`, e2eWorkerBin}
 	b := startBridgeWith(t, bridgeConfig{env: []string{"NOTIFY_SOCKET=" + sd.path}},
 		cmdArgs([]string{"--port=" + addr, "--workers=6", "--rolling", "--interval=0.5", "--envdir=" + envdir}, worker)...)
-	waitReady := func(nth int) string {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
-			if s, ok := lastStatusBefore(sd.received(), nth); ok {
-				return s
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		t.Fatalf("no READY=1 number %d; received %q", nth, sd.received())
-		return ""
-	}
+	waitReady := func(nth int) string { return waitStatusAtReady(t, sd, nth, 20*time.Second) }
 	waitReady(1)
 	if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte("late\n"), 0o644); err != nil {
 		t.Fatal(err)
