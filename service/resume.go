@@ -7,9 +7,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/ss-bridge/ss-bridge/activation"
@@ -129,8 +126,7 @@ func closeIfStill(e *ExeFDState, st State) {
 	if e == nil || slices.Contains(st.FDs(), e.FD) {
 		return
 	}
-	var fst unix.Stat_t
-	if unix.Fstat(e.FD, &fst) == nil && uint64(fst.Dev) == e.File.Dev && fst.Ino == e.File.Ino {
+	if id, err := fileIDOf(e.FD); err == nil && id == e.File {
 		unix.Close(e.FD)
 	}
 }
@@ -145,8 +141,7 @@ func (srv *server) rollBack(st State, memfd int, cause error) error {
 	if rb == nil {
 		return cause
 	}
-	var fst unix.Stat_t
-	if err := unix.Fstat(rb.FD, &fst); err != nil || uint64(fst.Dev) != rb.File.Dev || fst.Ino != rb.File.Ino {
+	if id, err := fileIDOf(rb.FD); err != nil || id != rb.File {
 		return fmt.Errorf("%w; cannot roll back: the old program is not open", cause)
 	}
 	fmt.Fprintf(os.Stderr, "%v; rolling back to the old program\n", cause)
@@ -157,23 +152,7 @@ func (srv *server) rollBack(st State, memfd int, cause error) error {
 	rearmHUP := srv.signals.IgnoreReload()
 	defer rearmHUP()
 	defer unblockUpgradeSignals()
-	env := []string{}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, resumeFDEnv+"=") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env, resumeFDEnv+"="+strconv.Itoa(memfd), rollbackEnv+"="+cause.Error())
-	syscall.ForkLock.Lock()
-	defer syscall.ForkLock.Unlock()
-	fds := append(st.FDs(), memfd, rb.FD)
-	for _, fd := range fds {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
-	}
-	err := syscall.Exec(fmt.Sprintf("/proc/self/fd/%d", rb.FD), os.Args, env)
-	for _, fd := range fds {
-		unix.CloseOnExec(fd)
-	}
+	err := execWithState(fmt.Sprintf("/proc/self/fd/%d", rb.FD), memfd, append(st.FDs(), rb.FD), rollbackEnv+"="+cause.Error())
 	return fmt.Errorf("%w; roll back: exec: %v", cause, err)
 }
 

@@ -428,17 +428,15 @@ func (srv *server) execUpgrade(version string) {
 	if !u.exited {
 		st.Upgrade.Preflight = u.pid
 	}
-	var cand unix.Stat_t
-	if err := unix.Fstat(int(u.cand.Fd()), &cand); err == nil {
-		st.ExeFD = &ExeFDState{FD: int(u.cand.Fd()), File: activation.FileID{Dev: uint64(cand.Dev), Ino: cand.Ino}}
+	if id, err := fileIDOf(int(u.cand.Fd())); err == nil {
+		st.ExeFD = &ExeFDState{FD: int(u.cand.Fd()), File: id}
 	}
 	// Our own program, even if its file was replaced or removed since: what
 	// a new image that cannot resume goes back to.
 	if self, err := os.Open("/proc/self/exe"); err == nil {
 		defer self.Close()
-		var fst unix.Stat_t
-		if unix.Fstat(int(self.Fd()), &fst) == nil {
-			st.Rollback = &ExeFDState{FD: int(self.Fd()), File: activation.FileID{Dev: uint64(fst.Dev), Ino: fst.Ino}}
+		if id, err := fileIDOf(int(self.Fd())); err == nil {
+			st.Rollback = &ExeFDState{FD: int(self.Fd()), File: id}
 		}
 	}
 	err := srv.exec(st)
@@ -483,14 +481,7 @@ func (srv *server) exec(st State) error {
 	if _, err := unix.Seek(memfd, 0, io.SeekStart); err != nil {
 		return fmt.Errorf("seek the state: %w", err)
 	}
-	env := []string{}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, resumeFDEnv+"=") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env, resumeFDEnv+"="+strconv.Itoa(memfd))
-	fds := append(st.FDs(), memfd)
+	fds := st.FDs()
 	cand := int(srv.up.cand.Fd())
 	if st.ExeFD != nil {
 		// A script reads itself from /dev/fd/N once the kernel has
@@ -500,9 +491,23 @@ func (srv *server) exec(st State) error {
 	if st.Rollback != nil {
 		fds = append(fds, st.Rollback.FD)
 	}
-	path := fmt.Sprintf("/proc/self/fd/%d", cand)
-	// No fork may inherit the descriptors while they are inheritable: a
-	// log command's sh would hold the listening sockets.
+	err = execWithState(fmt.Sprintf("/proc/self/fd/%d", cand), memfd, fds)
+	return fmt.Errorf("exec %s: %w", srv.exe, err)
+}
+
+// execWithState executes path, as this process, with the state in memfd,
+// which SS_BRIDGE_RESUME_FD names, plus extraEnv. Close-on-exec is cleared
+// on exactly fds and memfd for the exec, under syscall.ForkLock: a fork
+// meanwhile (a log command's sh) would inherit them all. It returns only
+// on failure, with every flag as it was.
+func execWithState(path string, memfd int, fds []int, extraEnv ...string) error {
+	env := []string{}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, resumeFDEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(append(env, resumeFDEnv+"="+strconv.Itoa(memfd)), extraEnv...)
 	syscall.ForkLock.Lock()
 	defer syscall.ForkLock.Unlock()
 	var cleared []int
@@ -511,14 +516,22 @@ func (srv *server) exec(st State) error {
 			unix.CloseOnExec(fd)
 		}
 	}()
-	for _, fd := range fds {
+	for _, fd := range append(fds, memfd) {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
 			return fmt.Errorf("pass descriptor %d: %w", fd, err)
 		}
 		cleared = append(cleared, fd)
 	}
-	err = syscall.Exec(path, os.Args, env)
-	return fmt.Errorf("exec %s: %w", srv.exe, err)
+	return syscall.Exec(path, os.Args, env)
+}
+
+// fileIDOf is the identity of the file fd is open on.
+func fileIDOf(fd int) (activation.FileID, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return activation.FileID{}, err
+	}
+	return activation.FileID{Dev: uint64(st.Dev), Ino: st.Ino}, nil
 }
 
 // redeliver sends ourselves the signals drained before a failed exec, or
