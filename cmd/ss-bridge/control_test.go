@@ -156,10 +156,7 @@ func TestControlScaleErrors(t *testing.T) {
 func TestControlStatusLive(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	envdir := filepath.Join(dir, "env")
-	if err := os.Mkdir(envdir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	envdir := makeEnvdir(t, dir)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	pidFile, status := filepath.Join(dir, "pid"), filepath.Join(dir, "status")
 	ctl := pidFile + ".ctl"

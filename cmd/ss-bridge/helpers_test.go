@@ -523,6 +523,16 @@ func waitFileContains(t testing.TB, path string, timeout time.Duration, subs ...
 	}
 }
 
+// makeEnvdir makes an empty --envdir in dir.
+func makeEnvdir(t testing.TB, dir string) string {
+	t.Helper()
+	envdir := filepath.Join(dir, "env")
+	if err := os.Mkdir(envdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return envdir
+}
+
 func fileExists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil

@@ -178,10 +178,7 @@ func TestPoolBadBuildStopsTheRoll(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			envdir := filepath.Join(dir, "env")
-			if err := os.Mkdir(envdir, 0o755); err != nil {
-				t.Fatal(err)
-			}
+			envdir := makeEnvdir(t, dir)
 			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 			status := filepath.Join(dir, "status")
 			// The build is chosen by the envdir, read at every start.
@@ -325,10 +322,7 @@ func TestPoolNotifiesSystemd(t *testing.T) {
 	t.Parallel()
 	sd := listenNotify(t)
 	dir := t.TempDir()
-	envdir := filepath.Join(dir, "env")
-	if err := os.Mkdir(envdir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	envdir := makeEnvdir(t, dir)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	worker := []string{"sh", "-c", `[ "$BUILD" = bad ] && exit 3; exec "$0" -ready -start-delay=$((SERVER_STARTER_WORKER_SLOT * 200))ms`, e2eWorkerBin}
 	b := startBridgeWith(t, bridgeConfig{env: []string{"NOTIFY_SOCKET=" + sd.path}},
@@ -394,10 +388,7 @@ func TestPoolRollStopsWhenANewWorkerDiesAfterItCountedAsStarted(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			envdir := filepath.Join(dir, "env")
-			if err := os.Mkdir(envdir, 0o755); err != nil {
-				t.Fatal(err)
-			}
+			envdir := makeEnvdir(t, dir)
 			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 			status := filepath.Join(dir, "status")
 			worker := []string{"sh", "-c", `case "$BUILD" in late) sleep ` + tc.dieAfter + `; exit 3;; esac; exec "$0"`, e2eWorkerBin}
@@ -439,10 +430,7 @@ func TestPoolLateDeathFailsTheReload(t *testing.T) {
 	t.Parallel()
 	sd := listenNotify(t)
 	dir := t.TempDir()
-	envdir := filepath.Join(dir, "env")
-	if err := os.Mkdir(envdir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	envdir := makeEnvdir(t, dir)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	// As in TestPoolRollStopsWhenANewWorkerDiesAfterItCountedAsStarted: the
 	// first new worker dies at 1.75 s, past --interval + 1 s, while the roll
