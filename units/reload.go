@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	sd "github.com/coreos/go-systemd/v22/dbus"
 )
 
 // Serving is the generation that serves, as ss-bridge's STATUS= says. The
@@ -82,36 +80,28 @@ type unitState struct {
 	statusText          string
 }
 
+// state reads the unit's state in two calls, one GetAll per interface, so
+// that each half is one consistent snapshot.
 func (s *Systemd) state(ctx context.Context, unit string) (unitState, error) {
 	var st unitState
-	get := func(iface, name string) (any, error) {
-		p, err := call(ctx, func() (*sd.Property, error) { return s.conn.GetUnitTypePropertyContext(ctx, unit, iface, name) })
-		if err != nil {
-			return nil, fmt.Errorf("%s: read %s: %w", unit, name, err)
-		}
-		return p.Value.Value(), nil
+	unitProps, err := call(ctx, func() (map[string]any, error) { return s.conn.GetUnitPropertiesContext(ctx, unit) })
+	if err != nil {
+		return st, fmt.Errorf("%s: read its state: %w", unit, err)
 	}
-	for _, p := range []struct {
-		iface, name string
-		set         func(any)
-	}{
-		{"Unit", "ActiveState", func(v any) { st.active, _ = v.(string) }},
-		{"Unit", "SubState", func(v any) { st.sub, _ = v.(string) }},
-		{"Unit", "InvocationID", func(v any) { st.invocation, _ = v.([]byte) }},
-		{"Unit", "Job", func(v any) {
-			if fields, ok := v.([]any); ok && len(fields) > 0 {
-				st.job, _ = fields[0].(uint32)
-			}
-		}},
-		{"Service", "StatusText", func(v any) { st.statusText, _ = v.(string) }},
-		{"Service", "Result", func(v any) { st.result, _ = v.(string) }},
-	} {
-		v, err := get(p.iface, p.name)
-		if err != nil {
-			return st, err
-		}
-		p.set(v)
+	serviceProps, err := call(ctx, func() (map[string]any, error) {
+		return s.conn.GetUnitTypePropertiesContext(ctx, unit, "Service")
+	})
+	if err != nil {
+		return st, fmt.Errorf("%s: read its state: %w", unit, err)
 	}
+	st.active, _ = unitProps["ActiveState"].(string)
+	st.sub, _ = unitProps["SubState"].(string)
+	st.invocation, _ = unitProps["InvocationID"].([]byte)
+	if fields, ok := unitProps["Job"].([]any); ok && len(fields) > 0 {
+		st.job, _ = fields[0].(uint32)
+	}
+	st.statusText, _ = serviceProps["StatusText"].(string)
+	st.result, _ = serviceProps["Result"].(string)
 	return st, nil
 }
 
