@@ -597,26 +597,10 @@ func (srv *server) writeResult(r Result) {
 	if srv.c.PidFile == "" {
 		return
 	}
-	path := ResultFile(srv.c.PidFile)
 	data, _ := json.Marshal(r)
-	// Beside the pid file, perhaps in a world-writable directory: a new
-	// temporary of an unpredictable name (O_EXCL), never a name somebody
-	// could have planted a symlink at, then renamed over the path, which
-	// replaces a symlink there rather than following it.
-	f, err := supervisor.CreateStatusTemp(path)
-	if err == nil {
-		_, err = f.Write(append(data, '\n'))
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(f.Name(), path)
-		}
-		if err != nil {
-			os.Remove(f.Name())
-		}
-	}
-	if err != nil {
+	// Beside the pid file, perhaps in a world-writable directory: through a
+	// temporary of an unpredictable name, renamed over the path.
+	if err := supervisor.ReplaceFile(ResultFile(srv.c.PidFile), append(data, '\n')); err != nil {
 		fmt.Fprintf(os.Stderr, "write the upgrade result: %v\n", err)
 	}
 }

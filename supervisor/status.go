@@ -38,18 +38,26 @@ func writeStatusEntries(path string, entries []StatusEntry) error {
 	for _, e := range entries {
 		fmt.Fprintf(&b, "%d:%d\n", e.Generation, e.PID)
 	}
+	return ReplaceFile(path, []byte(b.String()))
+}
+
+// ReplaceFile puts data at path through a new temporary file beside it
+// (CreateStatusTemp) renamed over it: readers see the old content or the
+// new, never a part, and a symlink planted at path, perhaps in a
+// world-writable directory, is replaced rather than followed.
+func ReplaceFile(path string, data []byte) error {
 	f, err := CreateStatusTemp(path)
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	_, err = f.WriteString(b.String())
+	_, err = f.Write(data)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("write status file %s: %w", tmp, err)
+		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
