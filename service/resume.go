@@ -152,7 +152,7 @@ func (srv *server) rollBack(st State, memfd int, cause error) error {
 	rearmHUP := srv.signals.IgnoreReload()
 	defer rearmHUP()
 	defer unblockUpgradeSignals()
-	err := execWithState(fmt.Sprintf("/proc/self/fd/%d", rb.FD), memfd, append(st.FDs(), rb.FD), rollbackEnv+"="+cause.Error())
+	err := execWithState(fmt.Sprintf("/proc/self/fd/%d", rb.FD), memfd, append(st.FDs(), rb.FD), true, rollbackEnv+"="+cause.Error())
 	return fmt.Errorf("%w; roll back: exec: %v", cause, err)
 }
 

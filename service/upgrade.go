@@ -491,16 +491,18 @@ func (srv *server) exec(st State) error {
 	if st.Rollback != nil {
 		fds = append(fds, st.Rollback.FD)
 	}
-	err = execWithState(fmt.Sprintf("/proc/self/fd/%d", cand), memfd, fds)
+	err = execWithState(fmt.Sprintf("/proc/self/fd/%d", cand), memfd, fds, false)
 	return fmt.Errorf("exec %s: %w", srv.exe, err)
 }
 
 // execWithState executes path, as this process, with the state in memfd,
 // which SS_BRIDGE_RESUME_FD names, plus extraEnv. Close-on-exec is cleared
 // on exactly fds and memfd for the exec, under syscall.ForkLock: a fork
-// meanwhile (a log command's sh) would inherit them all. It returns only
-// on failure, with every flag as it was.
-func execWithState(path string, memfd int, fds []int, extraEnv ...string) error {
+// meanwhile (a log command's sh) would inherit them all. A descriptor whose
+// flag cannot be cleared fails the exec, unless bestEffort (a rollback, the
+// last resort, goes ahead without it). It returns only on failure, with
+// every flag as it was.
+func execWithState(path string, memfd int, fds []int, bestEffort bool, extraEnv ...string) error {
 	env := []string{}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, resumeFDEnv+"=") {
@@ -518,6 +520,9 @@ func execWithState(path string, memfd int, fds []int, extraEnv ...string) error 
 	}()
 	for _, fd := range append(fds, memfd) {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			if bestEffort {
+				continue
+			}
 			return fmt.Errorf("pass descriptor %d: %w", fd, err)
 		}
 		cleared = append(cleared, fd)
