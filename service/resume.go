@@ -56,6 +56,8 @@ func resume(c Config, signals supervisor.Signals, fd int) error {
 	var pid *pidFile
 	if p := st.PidFile; p != nil {
 		pid = adoptPidFile(p.Path, p.FD)
+		// Last, as in Run.
+		defer pid.release()
 	}
 	var log *logSink
 	if st.Log != nil {
@@ -72,9 +74,6 @@ func resume(c Config, signals supervisor.Signals, fd int) error {
 	defer activation.CloseAll(socks)
 	if log != nil {
 		defer log.finish(false)
-	}
-	if pid != nil {
-		defer pid.release()
 	}
 
 	var ctl *control

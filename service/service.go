@@ -124,8 +124,16 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 			return err
 		}
 	}
+	// Registered first, so run last: the pid file goes, and its lock is
+	// dropped, only once every other file (control socket, unix sockets) is
+	// gone and the log command has had its say, so that whoever waits for
+	// the lock (--stop, stop, a new server) finds nothing of ours left.
+	pidWritten := false
 	defer func() {
-		if err != nil {
+		switch {
+		case pidWritten:
+			pid.release()
+		case err != nil:
 			pid.abandon()
 		}
 	}()
@@ -210,7 +218,7 @@ func Run(c Config, signals supervisor.Signals) (err error) {
 		if err := pid.write(); err != nil {
 			return err
 		}
-		defer pid.release()
+		pidWritten = true
 	}
 	// A result left by a server that crashed would look like an outcome of
 	// our first upgrade.

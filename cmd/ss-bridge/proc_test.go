@@ -375,6 +375,32 @@ func TestDaemonizeReturnsWithTheFirstGenerationListed(t *testing.T) {
 	}
 }
 
+// The pid file goes last: once stop returns (it waits for the pid file's lock), nothing of
+// the server is left, even when its log command takes a while to finish and the server
+// waits for it. A new server started at once must not find the control socket or a unix
+// socket "in use".
+func TestStopReturnsWithEveryFileGone(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	pidFile, sock := filepath.Join(dir, "pid"), filepath.Join(dir, "s.sock")
+	b := startBridge(t, cmdArgs([]string{"--interval=0", "--pid-file=" + pidFile, "--path=" + sock,
+		"--log-file=| cat > /dev/null; sleep 1"}, []string{"sleep", "1000"})...)
+	for deadline := time.Now().Add(5 * time.Second); !fileExists(pidFile) || !fileExists(pidFile+".ctl"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no pid file and control socket")
+		}
+	}
+	if r := runBridgeCmd(t, 10*time.Second, nil, "stop", "--pid-file="+pidFile, "--timeout=5"); r.code != 0 {
+		t.Fatalf("stop: exit %d: %q", r.code, r.stderr)
+	}
+	for _, f := range []string{pidFile + ".ctl", sock, pidFile} {
+		if fileExists(f) {
+			t.Errorf("%s still there when stop returned", f)
+		}
+	}
+	b.wait(10 * time.Second)
+}
+
 // stop --force removes the pid and status files of the server it killed.
 func TestForcedStopRemovesStaleFiles(t *testing.T) {
 	t.Parallel()
