@@ -427,12 +427,7 @@ func (s *Supervisor) poolNotReady(i int) {
 	w := sl.next
 	sl.next = nil
 	w.readyAt = time.Time{}
-	err := fmt.Errorf("new worker %d did not report ready within %ss", w.pid, formatSeconds(s.cfg.ReadyTimeout))
-	s.logf("%v", err)
-	w.failedStart = true
-	s.old[w.pid] = w
-	s.signalAll(map[int]*worker{w.pid: w}, syscall.SIGTERM)
-	s.slotFailed(i, w.started, err, w.gen, w.pid)
+	s.slotFailed(i, w.started, s.dismissSilent(w), w.gen, w.pid)
 }
 
 // slotFailed handles a failed start in slot i. A slot with a worker

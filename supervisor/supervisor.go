@@ -1075,17 +1075,24 @@ func (s *Supervisor) removeStatusFile() {
 	}
 }
 
+// dismissSilent tells a starting worker that did not send READY=1 within
+// ReadyTimeout to go, as an old worker, and returns why its start failed.
+func (s *Supervisor) dismissSilent(w *worker) error {
+	err := fmt.Errorf("new worker %d did not report ready within %ss", w.pid, formatSeconds(s.cfg.ReadyTimeout))
+	s.logf("%v", err)
+	w.failedStart = true
+	s.old[w.pid] = w
+	s.signalAll(map[int]*worker{w.pid: w}, syscall.SIGTERM)
+	return err
+}
+
 // notReady gives up on a starting worker that did not send READY=1 in time:
 // it is told to go like an old generation, and the start is retried.
 func (s *Supervisor) notReady() {
 	w := s.starting
 	s.starting = nil
 	s.readyAt = time.Time{}
-	err := fmt.Errorf("new worker %d did not report ready within %ss", w.pid, formatSeconds(s.cfg.ReadyTimeout))
-	s.logf("%v", err)
-	w.failedStart = true
-	s.old[w.pid] = w
-	s.signalAll(map[int]*worker{w.pid: w}, syscall.SIGTERM)
+	err := s.dismissSilent(w)
 	s.failed(w.started)
 	s.observe(Event{Kind: StartFailed, Generation: w.gen, PID: w.pid, Err: err})
 }
