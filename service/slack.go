@@ -20,25 +20,19 @@ import (
 // firing up to 1 ms late, which nothing in a superdaemon notices.
 const runtimeThreadSlack = 1000000
 
-// mainSlack is the main thread's timer slack, as we were started with; the
-// main thread keeps it, and so do the workers forked from it (a fork and an
-// exec keep the forking thread's slack).
-var mainSlack = func() int {
-	data, err := os.ReadFile("/proc/self/timerslack_ns")
-	if err != nil {
-		return 0
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil {
-		return 0
-	}
-	return n
-}()
+// mainSlack is the main thread's timer slack, as we were started with, read
+// by slackenRuntimeThreads; 0 before. The main thread keeps it, and so do the
+// workers forked from it (a fork and an exec keep the forking thread's slack).
+var mainSlack int
 
 // slackenRuntimeThreads gives every thread but the main one
 // runtimeThreadSlack. Setting another thread's slack takes CAP_SYS_NICE
 // (root has it); without it nothing changes.
 func slackenRuntimeThreads() {
+	// /proc/self is the thread group's leader: the main thread.
+	if data, err := os.ReadFile("/proc/self/timerslack_ns"); err == nil {
+		mainSlack, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+	}
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		return
