@@ -8,6 +8,15 @@ import (
 
 // Found by a review of the pool: each fails without its fix.
 
+// twoReady waits for a pool of two to start, sends READY=1 for both (pids 101
+// and 102) and waits until the first generation counts as started.
+func twoReady(h *harness) {
+	h.waitFor("two workers", func() bool { return h.spawnCount() == 2 })
+	h.s.messages <- workerMessage{pid: 101, msg: readyMessage()}
+	h.s.messages <- workerMessage{pid: 102, msg: readyMessage()}
+	h.waitEvent(Started, 1)
+}
+
 // A serving worker that dies right after its start while its slot's
 // replacement is starting leaves a retry time on the slot; once the
 // replacement serves, that past deadline must not wake the loop forever.
@@ -15,10 +24,7 @@ func TestPoolNoStaleRetryAfterARoll(t *testing.T) {
 	tasks := make(chan func())
 	h := start(t, Config{Workers: 2, Rolling: true, ReadyByNotify: true, ReadyTimeout: 10 * time.Second,
 		Interval: 10 * time.Millisecond, NotifyDir: shortDir(t), Tasks: tasks})
-	h.waitFor("two workers", func() bool { return h.spawnCount() == 2 })
-	h.s.messages <- workerMessage{pid: 101, msg: readyMessage()}
-	h.s.messages <- workerMessage{pid: 102, msg: readyMessage()}
-	h.waitEvent(Started, 1)
+	twoReady(h)
 	h.signal(syscall.SIGHUP)
 	h.waitFor("one new", func() bool { return h.spawnCount() == 3 })
 	h.os.exit(101, 0)
@@ -40,10 +46,7 @@ func TestPoolNoStaleRetryAfterARoll(t *testing.T) {
 func TestPoolWholeRestartCompletesAfterAnOldWorkerDies(t *testing.T) {
 	h := start(t, Config{Workers: 2, ReadyByNotify: true, ReadyTimeout: 10 * time.Second, Interval: 10 * time.Millisecond,
 		NotifyDir: shortDir(t)})
-	h.waitFor("two workers", func() bool { return h.spawnCount() == 2 })
-	h.s.messages <- workerMessage{pid: 101, msg: readyMessage()}
-	h.s.messages <- workerMessage{pid: 102, msg: readyMessage()}
-	h.waitEvent(Started, 1)
+	twoReady(h)
 	h.signal(syscall.SIGHUP)
 	h.waitFor("two new", func() bool { return h.spawnCount() == 4 })
 	h.s.messages <- workerMessage{pid: 103, msg: readyMessage()}
@@ -76,10 +79,7 @@ func TestPoolFirstGenerationEarlyDeathStillBecomesReady(t *testing.T) {
 func TestPoolFailedRefillIsNoFailedStart(t *testing.T) {
 	h := start(t, Config{Workers: 2, ReadyByNotify: true, ReadyTimeout: 10 * time.Second, Interval: 10 * time.Millisecond,
 		NotifyDir: shortDir(t)})
-	h.waitFor("two workers", func() bool { return h.spawnCount() == 2 })
-	h.s.messages <- workerMessage{pid: 101, msg: readyMessage()}
-	h.s.messages <- workerMessage{pid: 102, msg: readyMessage()}
-	h.waitEvent(Started, 1)
+	twoReady(h)
 	time.Sleep(1100 * time.Millisecond) // past --interval + 1 s: an unexpected death, refilled at once
 	h.os.exit(101, 0)
 	h.waitFor("a refill", func() bool { return h.spawnCount() == 3 })

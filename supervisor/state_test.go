@@ -170,10 +170,10 @@ func TestResumeReapsWorkerThatExitedDuringExec(t *testing.T) {
 	}
 }
 
-// A state a later ss-bridge wrote as version 1 still decodes to what it
-// meant, and a supervisor carries on from it.
-func TestStateV1GoldenFileDecodes(t *testing.T) {
-	data, err := os.ReadFile("testdata/state-v1.json")
+// readStateFixture decodes testdata/NAME.json, a state as an earlier release wrote it.
+func readStateFixture(t *testing.T, name string) State {
+	t.Helper()
+	data, err := os.ReadFile("testdata/" + name + ".json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,6 +181,13 @@ func TestStateV1GoldenFileDecodes(t *testing.T) {
 	if err := json.Unmarshal(data, &st); err != nil {
 		t.Fatal(err)
 	}
+	return st
+}
+
+// A state a later ss-bridge wrote as version 1 still decodes to what it
+// meant, and a supervisor carries on from it.
+func TestStateV1GoldenFileDecodes(t *testing.T) {
+	st := readStateFixture(t, "state-v1")
 	want := State{
 		Version: 1, MonoNS: 812345678901, Generation: 7, Failures: 2, Restarting: true, HUPPending: true,
 		StatusMade: true, EverReady: true, LastStartNS: 812000000000,
@@ -219,14 +226,7 @@ func TestStateV1GoldenFileDecodes(t *testing.T) {
 
 // A pool's state, as version 2 wrote it, still decodes to what it meant.
 func TestStateV2GoldenFileDecodes(t *testing.T) {
-	data, err := os.ReadFile("testdata/state-v2.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st State
-	if err := json.Unmarshal(data, &st); err != nil {
-		t.Fatal(err)
-	}
+	st := readStateFixture(t, "state-v2")
 	want := State{
 		Version: 2, MonoNS: 812345678901, Generation: 7, EverReady: true, StatusMade: true, LastStartNS: 812000000000,
 		Pool: &PoolState{Gen: 6, RollGen: 7, Slots: []SlotState{{}, {RetryNS: 812400000000, Failures: 1}, {}}},

@@ -202,9 +202,7 @@ func TestControlStatusLive(t *testing.T) {
 		t.Errorf("after a good reload: %+v", lr)
 	}
 
-	if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte("bad\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	setBuild(t, envdir, "bad")
 	b.signal(syscall.SIGHUP)
 	v3 := waitLive(t, ctl, 20*time.Second, "the failed reload ends", func(v supervisor.View) bool {
 		return v.LastReload != nil && v.LastReload.Generation != 2 && v.LastReload.Outcome != supervisor.ReloadInProgress

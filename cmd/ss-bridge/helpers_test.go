@@ -523,6 +523,15 @@ func waitFileContains(t testing.TB, path string, timeout time.Duration, subs ...
 	}
 }
 
+// setBuild sets BUILD=build in envdir, which the tests' worker scripts read at each start
+// to behave as a good or a bad build.
+func setBuild(t testing.TB, envdir, build string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte(build+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // makeEnvdir makes an empty --envdir in dir.
 func makeEnvdir(t testing.TB, dir string) string {
 	t.Helper()

@@ -187,9 +187,7 @@ func TestPoolBadBuildStopsTheRoll(t *testing.T) {
 				"--envdir=" + envdir, "--status-file=" + status}, worker)...)
 			old := waitPool(t, status, 4, 1, 10*time.Second)
 			load := loadOn(addr, 4)
-			if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte(tc.bad+"\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			setBuild(t, envdir, tc.bad)
 			b.signal(syscall.SIGHUP)
 			b.waitLine(10*time.Second, tc.failure, 1)
 			b.waitLine(5*time.Second, `^restart stopped: 0 of 4 workers run generation 2, the others keep theirs$`, 1)
@@ -335,9 +333,7 @@ func TestPoolNotifiesSystemd(t *testing.T) {
 	if s := waitReady(2); !strings.HasPrefix(s, "generation 2: 3/3 serving") {
 		t.Errorf("status at the reload's READY=1: %q, want every slot of generation 2 serving", s)
 	}
-	if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte("bad\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	setBuild(t, envdir, "bad")
 	b.signal(syscall.SIGHUP)
 	s := waitReady(3)
 	if !strings.HasPrefix(s, "reload failed: new worker ") || !strings.Contains(s, "generation 2: 3/3 serving") {
@@ -396,9 +392,7 @@ func TestPoolRollStopsWhenANewWorkerDiesAfterItCountedAsStarted(t *testing.T) {
 				"--envdir=" + envdir, "--status-file=" + status}, worker)...)
 			n, _ := strconv.Atoi(tc.workers)
 			old := waitPool(t, status, n, 1, 10*time.Second)
-			if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte("late\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			setBuild(t, envdir, "late")
 			b.signal(syscall.SIGHUP)
 			// Long enough for the roll to have gone through every slot had it
 			// not stopped, and for the first new workers to have died.
@@ -440,9 +434,7 @@ func TestPoolLateDeathFailsTheReload(t *testing.T) {
 		cmdArgs([]string{"--port=" + addr, "--workers=6", "--rolling", "--interval=0.5", "--envdir=" + envdir}, worker)...)
 	waitReady := func(nth int) string { return waitStatusAtReady(t, sd, nth, 20*time.Second) }
 	waitReady(1)
-	if err := os.WriteFile(filepath.Join(envdir, "BUILD"), []byte("late\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	setBuild(t, envdir, "late")
 	b.signal(syscall.SIGHUP)
 	s := waitReady(2)
 	if !strings.HasPrefix(s, "reload failed: new worker ") || !strings.Contains(s, "after it started, during the restart") {

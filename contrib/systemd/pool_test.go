@@ -108,17 +108,24 @@ func poolPeak(journal, since string, live int) (peak, started int) {
 	return peak, started
 }
 
+// startPool starts app.service as a pool of poolWorkers with the extra options and
+// returns once its first generation serves in every slot.
+func startPool(t *testing.T, extra string) (r *rig, main int, workers []poolWorker) {
+	r = newRig(t)
+	r.poolUnit(extra)
+	r.systemctl("start", "app.service")
+	main = r.mainPID("app.service")
+	workers = r.waitPool(main, 1, poolWorkers, 15*time.Second)
+	r.waitProperty("app.service", "StatusText", "generation 1: 4/4 serving", 10*time.Second)
+	return r, main, workers
+}
+
 // A rolling `systemctl reload` of a pool of 4 under load: no request fails,
 // systemctl returns once every slot runs generation 2 (new pids, same slots),
 // and at no moment were there more than N+2K worker processes (N+K serving or
 // starting, K draining).
 func TestPoolRollingReloadUnderLoad(t *testing.T) {
-	r := newRig(t)
-	r.poolUnit(fmt.Sprintf("--rolling --max-surge=%d", poolSurge))
-	r.systemctl("start", "app.service")
-	main := r.mainPID("app.service")
-	old := r.waitPool(main, 1, poolWorkers, 15*time.Second)
-	r.waitProperty("app.service", "StatusText", "generation 1: 4/4 serving", 10*time.Second)
+	r, main, old := startPool(t, fmt.Sprintf("--rolling --max-surge=%d", poolSurge))
 
 	l := startLoad(r.addr, 6)
 	time.Sleep(500 * time.Millisecond)
@@ -174,12 +181,7 @@ func TestPoolRollingReloadUnderLoad(t *testing.T) {
 // old workers keep serving without a failed request, and once fixed the next
 // reload rolls every slot.
 func TestPoolRollingReloadBadBuild(t *testing.T) {
-	r := newRig(t)
-	r.poolUnit(fmt.Sprintf("--rolling --max-surge=%d", poolSurge))
-	r.systemctl("start", "app.service")
-	main := r.mainPID("app.service")
-	old := r.waitPool(main, 1, poolWorkers, 15*time.Second)
-	r.waitProperty("app.service", "StatusText", "generation 1: 4/4 serving", 10*time.Second)
+	r, main, old := startPool(t, fmt.Sprintf("--rolling --max-surge=%d", poolSurge))
 
 	l := startLoad(r.addr, 6)
 	time.Sleep(300 * time.Millisecond)
@@ -240,12 +242,7 @@ func TestPoolRollingReloadBadBuild(t *testing.T) {
 // 3 new workers told to go rewrote STATUS= to "generation 1: 4/4 serving" a
 // few milliseconds after "reload failed: ...".)
 func TestPoolWholeGenerationBadBuildStaysReported(t *testing.T) {
-	r := newRig(t)
-	r.poolUnit("")
-	r.systemctl("start", "app.service")
-	main := r.mainPID("app.service")
-	old := r.waitPool(main, 1, poolWorkers, 15*time.Second)
-	r.waitProperty("app.service", "StatusText", "generation 1: 4/4 serving", 10*time.Second)
+	r, main, old := startPool(t, "")
 
 	l := startLoad(r.addr, 6)
 	time.Sleep(300 * time.Millisecond)
