@@ -556,13 +556,30 @@ func (s *Supervisor) poolScale(sig syscall.Signal) {
 	if s.stopping {
 		return
 	}
+	n := len(s.pool.slots)
+	if sig == syscall.SIGTTIN && n < MaxWorkers {
+		s.resize(n + 1)
+	} else if sig == syscall.SIGTTOU && n > 1 {
+		s.resize(n - 1)
+	}
+	s.logf("received %s, workers: %d", signalName(sig), len(s.pool.slots))
+	s.observe(Event{Kind: Scaled})
+	s.advance()
+}
+
+// resize sets the pool's number of slots to n: slots added are empty (advance
+// fills them), slots removed (the last ones) tell their workers to go with
+// SignalOnHUP.
+func (s *Supervisor) resize(n int) {
 	p := s.pool
-	if sig == syscall.SIGTTIN {
+	for len(p.slots) < n {
 		p.slots = append(p.slots, &slot{})
-	} else if len(p.slots) > 1 {
-		sl := p.slots[len(p.slots)-1]
-		p.slots = p.slots[:len(p.slots)-1]
-		gone := map[int]*worker{}
+	}
+	if len(p.slots) <= n {
+		return
+	}
+	gone := map[int]*worker{}
+	for _, sl := range p.slots[n:] {
 		for _, w := range []*worker{sl.cur, sl.next} {
 			if w != nil {
 				// One still starting never served: it is no old
@@ -573,14 +590,17 @@ func (s *Supervisor) poolScale(sig syscall.Signal) {
 				s.old[w.pid] = w
 			}
 		}
-		if len(gone) > 0 {
-			s.signalAll(gone, s.cfg.SignalOnHUP)
-		}
-		s.updateStatus()
 	}
-	s.logf("received %s, workers: %d", signalName(sig), len(p.slots))
-	s.observe(Event{Kind: Scaled})
-	s.advance()
+	p.slots = p.slots[:n]
+	for i := range s.record.slotRestarts {
+		if i >= n {
+			delete(s.record.slotRestarts, i)
+		}
+	}
+	if len(gone) > 0 {
+		s.signalAll(gone, s.cfg.SignalOnHUP)
+	}
+	s.updateStatus()
 }
 
 // poolWriteStatus writes one GEN:PID line per live worker that serves or

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"fmt"
 	"github.com/ss-bridge/ss-bridge/notify"
 	"os"
 	"strconv"
@@ -255,6 +256,19 @@ func TestTTINAndTTOUChangeTheCount(t *testing.T) {
 	}
 	if n := strings.Count(h.log.String(), "received TTOU"); n != 3 {
 		t.Fatalf("%d TTOU lines:\n%s", n, h.log)
+	}
+}
+
+// TTIN cannot grow a pool past MaxWorkers, the bound of --workers and of
+// `scale`: a stream of TTINs would otherwise fork without end.
+func TestTTINStopsAtMaxWorkers(t *testing.T) {
+	h := start(t, Config{Workers: MaxWorkers, Interval: 50 * time.Millisecond})
+	h.waitEvent(Started, 1)
+	h.signal(syscall.SIGTTIN)
+	h.waitLog(fmt.Sprintf("received TTIN, workers: %d", MaxWorkers))
+	time.Sleep(100 * time.Millisecond)
+	if n := h.spawnCount(); n != MaxWorkers {
+		t.Fatalf("%d workers started, want %d", n, MaxWorkers)
 	}
 }
 

@@ -225,31 +225,7 @@ func (s *Supervisor) SetWorkers(n int) error {
 	case s.stopping:
 		return errors.New("the server is stopping")
 	}
-	for len(s.pool.slots) < n {
-		s.pool.slots = append(s.pool.slots, &slot{})
-	}
-	if len(s.pool.slots) > n {
-		gone := map[int]*worker{}
-		for _, sl := range s.pool.slots[n:] {
-			for _, w := range []*worker{sl.cur, sl.next} {
-				if w != nil {
-					w.readyAt = time.Time{}
-					gone[w.pid] = w
-					s.old[w.pid] = w
-				}
-			}
-		}
-		s.pool.slots = s.pool.slots[:n]
-		for i := range s.record.slotRestarts {
-			if i >= n {
-				delete(s.record.slotRestarts, i)
-			}
-		}
-		if len(gone) > 0 {
-			s.signalAll(gone, s.cfg.SignalOnHUP)
-		}
-		s.updateStatus()
-	}
+	s.resize(n)
 	s.logf("workers set to %d", n)
 	s.observe(Event{Kind: Scaled})
 	s.advance()
