@@ -360,6 +360,10 @@ func Restore(cfg Config, st State) (*Supervisor, error) {
 		everReady:  st.EverReady,
 		beatAt:     c.fromMono(st.Deadlines.Beat),
 	}
+	// The old image writes the file once per turn of its loop and may have
+	// exec'd in the turn of a change (a task, a preflight's exit reaped with
+	// a worker's): the new one writes it first thing.
+	s.updateStatus()
 	// The pool is the state's, whatever cfg.Workers says: the workers the
 	// state names run, and the command line's count applies from the next
 	// scaling on.

@@ -148,6 +148,22 @@ func TestResumeMidRestartCarriesOn(t *testing.T) {
 	}
 }
 
+// The old image may exec in the turn of its loop that changed the status
+// file, before writing it: the resumed supervisor writes it first thing.
+func TestResumeWritesTheStatusFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "status")
+	read := func() string { b, _ := os.ReadFile(path); return string(b) }
+	cfg := Config{Interval: 0, Heartbeat: 10 * time.Millisecond, StatusFile: path}
+	h := start(t, cfg)
+	h.waitFor("first generation", func() bool { return read() == "1:101\n" })
+	st := h.exec()
+	if err := os.WriteFile(path, []byte("1:999\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.resume(cfg, st)
+	h.waitFor("the status file rewritten", func() bool { return read() == "1:101\n" })
+}
+
 // A worker that exits during the exec sends a SIGCHLD nobody takes; the
 // resumed supervisor reaps it first thing, and reports it.
 func TestResumeReapsWorkerThatExitedDuringExec(t *testing.T) {
