@@ -403,6 +403,15 @@ func describeMode(m os.FileMode) string {
 	}
 }
 
+// FileIDOf is the identity of the file fd is open on.
+func FileIDOf(fd int) (FileID, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return FileID{}, err
+	}
+	return FileID{Dev: uint64(st.Dev), Ino: st.Ino}, nil
+}
+
 func statID(path string) (FileID, error) {
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil {

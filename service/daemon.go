@@ -205,7 +205,6 @@ func (r *daemonReady) fail(err error) {
 // file lists it), or why the first start failed. Either way the foreground
 // process returns; in the second, the daemon goes on retrying.
 func (r *daemonReady) observer(logFile string) func(supervisor.Event) {
-	unix.CloseOnExec(daemonPidFD)
 	return func(e supervisor.Event) {
 		switch e.Kind {
 		case supervisor.Started:

@@ -71,10 +71,12 @@ func resume(c Config, signals supervisor.Signals, fd int) error {
 			socks[i].AdoptFile(*s.OwnedFile)
 		}
 	}
-	defer activation.CloseAll(socks)
+	// As in Run: the sockets (and their files) go before the wait for the
+	// log command.
 	if log != nil {
 		defer log.finish(false)
 	}
+	defer activation.CloseAll(socks)
 
 	var ctl *control
 	if st.Control != nil {
@@ -125,7 +127,7 @@ func closeIfStill(e *ExeFDState, st State) {
 	if e == nil || slices.Contains(st.FDs(), e.FD) {
 		return
 	}
-	if id, err := fileIDOf(e.FD); err == nil && id == e.File {
+	if id, err := activation.FileIDOf(e.FD); err == nil && id == e.File {
 		unix.Close(e.FD)
 	}
 }
@@ -140,7 +142,7 @@ func (srv *server) rollBack(st State, memfd int, cause error) error {
 	if rb == nil {
 		return cause
 	}
-	if id, err := fileIDOf(rb.FD); err != nil || id != rb.File {
+	if id, err := activation.FileIDOf(rb.FD); err != nil || id != rb.File {
 		return fmt.Errorf("%w; cannot roll back: the old program is not open", cause)
 	}
 	fmt.Fprintf(os.Stderr, "%v; rolling back to the old program\n", cause)

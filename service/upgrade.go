@@ -428,14 +428,14 @@ func (srv *server) execUpgrade(version string) {
 	if !u.exited {
 		st.Upgrade.Preflight = u.pid
 	}
-	if id, err := fileIDOf(int(u.cand.Fd())); err == nil {
+	if id, err := activation.FileIDOf(int(u.cand.Fd())); err == nil {
 		st.ExeFD = &ExeFDState{FD: int(u.cand.Fd()), File: id}
 	}
 	// Our own program, even if its file was replaced or removed since: what
 	// a new image that cannot resume goes back to.
 	if self, err := os.Open("/proc/self/exe"); err == nil {
 		defer self.Close()
-		if id, err := fileIDOf(int(self.Fd())); err == nil {
+		if id, err := activation.FileIDOf(int(self.Fd())); err == nil {
 			st.Rollback = &ExeFDState{FD: int(self.Fd()), File: id}
 		}
 	}
@@ -528,15 +528,6 @@ func execWithState(path string, memfd int, fds []int, bestEffort bool, extraEnv 
 		cleared = append(cleared, fd)
 	}
 	return syscall.Exec(path, os.Args, env)
-}
-
-// fileIDOf is the identity of the file fd is open on.
-func fileIDOf(fd int) (activation.FileID, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return activation.FileID{}, err
-	}
-	return activation.FileID{Dev: uint64(st.Dev), Ino: st.Ino}, nil
 }
 
 // redeliver sends ourselves the signals drained before a failed exec, or
