@@ -119,7 +119,7 @@ func (s *Supervisor) firstSpawn() error {
 	s.pool.rollGen = s.generation
 	// Like 0.35's single worker, a command that cannot be executed at all
 	// is an error at start-up, not a retry loop.
-	if err := s.spawnSlot(0, s.generation); err != nil {
+	if err := s.spawnSlot(0, s.generation, true); err != nil {
 		return err
 	}
 	s.advance()
@@ -127,9 +127,9 @@ func (s *Supervisor) firstSpawn() error {
 }
 
 // spawnSlot starts a worker of generation gen in slot i. An exec failure
-// counts as a failed start of the slot, except for the very first worker,
-// whose error is returned.
-func (s *Supervisor) spawnSlot(i, gen int) error {
+// counts as a failed start of the slot, except for the very first worker
+// (first), whose error is returned.
+func (s *Supervisor) spawnSlot(i, gen int, first bool) error {
 	p := s.pool
 	sl := p.slots[i]
 	sl.retryAt = time.Time{}
@@ -139,7 +139,7 @@ func (s *Supervisor) spawnSlot(i, gen int) error {
 	env[SlotEnv] = strconv.Itoa(i)
 	w, err := s.startWorker(env, gen)
 	if err != nil {
-		if gen == 1 && !s.everReady && s.pool.workers() == 0 && sl.failures == 0 && i == 0 {
+		if first {
 			return err
 		}
 		s.logf("%v", err)
@@ -177,7 +177,7 @@ func (s *Supervisor) advance() {
 	}
 	for i, sl := range p.slots {
 		if sl.cur == nil && sl.next == nil && due(sl.retryAt) && fill > 0 {
-			s.spawnSlot(i, fill)
+			s.spawnSlot(i, fill, false)
 		}
 	}
 	if p.rollGen == 0 {
@@ -195,7 +195,7 @@ func (s *Supervisor) advance() {
 			break
 		}
 		if sl.cur != nil && sl.next == nil && sl.cur.gen < p.rollGen {
-			s.spawnSlot(i, p.rollGen)
+			s.spawnSlot(i, p.rollGen, false)
 			if sl.next != nil {
 				replacing++
 			}
