@@ -408,12 +408,8 @@ func (s *Supervisor) poolDeadlines(now time.Time) {
 			}
 		}
 		if w := sl.cur; w != nil && due(w.watchdogAt) {
-			s.logf("worker %d sent no WATCHDOG=1 for %ss, aborting it and restarting", w.pid, formatSeconds(s.cfg.WorkerWatchdog))
 			sl.cur = nil
-			w.watchdogAt = time.Time{}
-			s.old[w.pid] = w
-			s.signalAll(map[int]*worker{w.pid: w}, syscall.SIGABRT)
-			s.updateStatus()
+			s.abortUnwatched(w)
 			s.slotBackoff(i, w.started)
 		}
 	}

@@ -994,12 +994,8 @@ func (s *Supervisor) runDeadlines() {
 		}
 	}
 	if w := s.current; w != nil && due(w.watchdogAt) && !s.stopping {
-		s.logf("worker %d sent no WATCHDOG=1 for %ss, aborting it and restarting", w.pid, formatSeconds(s.cfg.WorkerWatchdog))
 		s.current = nil
-		s.old[w.pid] = w
-		w.watchdogAt = time.Time{}
-		s.signalAll(map[int]*worker{w.pid: w}, syscall.SIGABRT)
-		s.updateStatus()
+		s.abortUnwatched(w)
 		s.failed(w.started)
 	}
 	if due(s.beatAt) {
@@ -1073,6 +1069,16 @@ func (s *Supervisor) removeStatusFile() {
 	if s.statusMade {
 		os.Remove(s.cfg.StatusFile)
 	}
+}
+
+// abortUnwatched sends SIGABRT to a serving worker whose --worker-watchdog
+// ran out, taken out of service by the caller, as an old worker.
+func (s *Supervisor) abortUnwatched(w *worker) {
+	s.logf("worker %d sent no WATCHDOG=1 for %ss, aborting it and restarting", w.pid, formatSeconds(s.cfg.WorkerWatchdog))
+	w.watchdogAt = time.Time{}
+	s.old[w.pid] = w
+	s.signalAll(map[int]*worker{w.pid: w}, syscall.SIGABRT)
+	s.updateStatus()
 }
 
 // dismissSilent tells a starting worker that did not send READY=1 within
